@@ -1,0 +1,25 @@
+"""kldiv: PyTorch's Kullback-Leibler divergence loss on the CPU, exact and fast.
+
+>>> import numpy as np, kldiv
+>>> x = np.log(np.full((2, 4), 0.25))          # input: log-probabilities
+>>> t = np.full((2, 4), 0.25)                   # target: probabilities
+>>> float(kldiv.kl_div(x, t, reduction="batchmean"))
+0.0
+
+The loss term is ``t * (log t - x)``; see :func:`kl_div`. The work runs in a Rust kernel, in
+parallel, with float64 accumulation and the same bits for every thread count and layout.
+"""
+
+from ._kldiv import __version__
+from ._loss import REDUCTIONS, KLDivLoss, _check_env, get_num_threads, kl_div, set_num_threads
+
+__all__ = [
+    "REDUCTIONS",
+    "KLDivLoss",
+    "__version__",
+    "get_num_threads",
+    "kl_div",
+    "set_num_threads",
+]
+
+_check_env()

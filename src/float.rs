@@ -1,0 +1,48 @@
+//! The element types the kernels accept: `f32` and `f64`.
+
+/// A floating-point element type that kldiv computes on (`f32` or `f64`).
+///
+/// Every kernel evaluates its formula in `f64` and accumulates in `f64`; an `f32` result is
+/// rounded once, at the end. This trait is sealed: it is implemented for `f32` and `f64` only.
+///
+/// # Example
+/// ```
+/// use kldiv::Float;
+/// assert_eq!(<f32 as Float>::from_f64(0.5_f64).to_f64(), 0.5);
+/// ```
+pub trait Float:
+    Copy + Send + Sync + Default + PartialEq + std::fmt::Debug + sealed::Sealed + 'static
+{
+    /// Widens to `f64` (exact for both types).
+    fn to_f64(self) -> f64;
+    /// Rounds an `f64` to this type (round to nearest even, as `as` does).
+    fn from_f64(v: f64) -> Self;
+}
+
+impl Float for f32 {
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Float for f64 {
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}

@@ -1,0 +1,222 @@
+//! The public kernels: the loss reduced (sum, mean, batchmean) or unreduced, over `ndarray`
+//! views of any dimension and strides.
+
+use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
+
+use crate::error::Error;
+use crate::float::Float;
+use crate::parallel::{block_range, for_each_block, tree_sum};
+use crate::reduce::{fold_lanes, sum_slice, LANES};
+use crate::terms::terms_slice;
+use crate::walk::{broadcast_shape, broadcast_strides, Dst, Src, Walk, TILE};
+
+/// How the loss terms are reduced to one number (PyTorch's `reduction` argument, less `"none"`,
+/// which is [`kl_div_terms`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reduction {
+    /// The sum of the terms (0 for no terms).
+    Sum,
+    /// The sum divided by the number of terms (NaN for no terms). Not the KL divergence of
+    /// the rows: PyTorch's default, kept for parity.
+    Mean,
+    /// The sum divided by `input.shape()[0]`, PyTorch's `"batchmean"`: the mathematical KL
+    /// divergence averaged over the batch. A 0-d input gives the sum.
+    BatchMean,
+}
+
+/// The sum of the loss terms of `input` (log-probabilities) and `target` (probabilities, or
+/// log-probabilities if `log_target`), broadcast together, accumulated in `f64`.
+///
+/// The result is bit-identical for every thread count and memory layout.
+///
+/// # Errors
+/// [`Error::Broadcast`] if the shapes do not broadcast; [`Error::TooLarge`] if the broadcast
+/// shape has more than `isize::MAX` elements.
+///
+/// # Example
+/// ```
+/// use ndarray::array;
+/// let x = array![[0.25_f32, 0.75]].mapv(f32::ln);
+/// let t = array![[0.5_f32, 0.5]];
+/// let s = kldiv::kl_div_sum(x.view(), t.view(), false).unwrap();
+/// let want = 0.5 * (0.5f64 / 0.25).ln() + 0.5 * (0.5f64 / 0.75).ln();
+/// assert!((s - want).abs() < 1e-7);
+/// ```
+pub fn kl_div_sum<T: Float, D1: Dimension, D2: Dimension>(
+    input: ArrayView<'_, T, D1>,
+    target: ArrayView<'_, T, D2>,
+    log_target: bool,
+) -> Result<f64, Error> {
+    let shape = common_shape(input.shape(), target.shape())?;
+    let walk = Walk::new(
+        &shape,
+        [
+            &broadcast_strides(input.shape(), input.strides(), &shape),
+            &broadcast_strides(target.shape(), target.strides(), &shape),
+        ],
+    )?;
+    // SAFETY: both pointers address logical index 0 of views borrowed for this call, and
+    // `walk` was built from those views' shapes and strides broadcast to `shape`.
+    let (x, t) = unsafe { (Src::new(input.as_ptr()), Src::new(target.as_ptr())) };
+    Ok(if log_target {
+        sum_walk::<T, true>(&walk, x, t)
+    } else {
+        sum_walk::<T, false>(&walk, x, t)
+    })
+}
+
+/// The reduced loss, PyTorch's `kl_div(input, target, reduction, log_target)`, rounded once to
+/// `T` from an `f64` accumulator.
+///
+/// # Errors
+/// As [`kl_div_sum`].
+///
+/// # Example
+/// ```
+/// use kldiv::{kl_div, Reduction};
+/// use ndarray::Array2;
+/// let x = Array2::from_elem((4, 3), (1.0f64 / 3.0).ln());
+/// let t = Array2::from_elem((4, 3), 1.0 / 3.0);
+/// // identical distributions: zero divergence
+/// assert!(kl_div(x.view(), t.view(), Reduction::BatchMean, false).unwrap().abs() < 1e-15);
+/// ```
+pub fn kl_div<T: Float, D1: Dimension, D2: Dimension>(
+    input: ArrayView<'_, T, D1>,
+    target: ArrayView<'_, T, D2>,
+    reduction: Reduction,
+    log_target: bool,
+) -> Result<T, Error> {
+    let len: usize = common_shape(input.shape(), target.shape())?
+        .iter()
+        .product();
+    let divisor = match reduction {
+        Reduction::Sum => 1.0,
+        Reduction::Mean => len as f64,
+        Reduction::BatchMean => input.shape().first().map_or(1.0, |&n| n as f64),
+    };
+    let sum = kl_div_sum(input, target, log_target)?;
+    Ok(T::from_f64(sum / divisor))
+}
+
+/// Writes the unreduced loss terms (PyTorch's `reduction="none"`) into `out`, whose shape must
+/// be the broadcast shape of `input` and `target`; `out` may have any strides.
+///
+/// # Errors
+/// [`Error::Broadcast`], or [`Error::OutputShape`] if `out` has another shape.
+///
+/// # Example
+/// ```
+/// use ndarray::{array, Array1};
+/// let x = array![-1.0_f64, -2.0];
+/// let t = array![0.5_f64];
+/// let mut out = Array1::zeros(2);
+/// kldiv::kl_div_terms_into(x.view(), t.view(), out.view_mut(), false).unwrap();
+/// assert_eq!(out[1], kldiv::term::<false>(-2.0, 0.5));
+/// ```
+pub fn kl_div_terms_into<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
+    input: ArrayView<'_, T, D1>,
+    target: ArrayView<'_, T, D2>,
+    mut out: ArrayViewMut<'_, T, D3>,
+    log_target: bool,
+) -> Result<(), Error> {
+    let shape = common_shape(input.shape(), target.shape())?;
+    if out.shape() != shape.as_slice() {
+        return Err(Error::OutputShape {
+            expected: shape,
+            actual: out.shape().to_vec(),
+        });
+    }
+    let walk = Walk::new(
+        &shape,
+        [
+            &broadcast_strides(input.shape(), input.strides(), &shape),
+            &broadcast_strides(target.shape(), target.strides(), &shape),
+            out.strides(),
+        ],
+    )?;
+    // SAFETY: the pointers address logical index 0 of views borrowed for this call, `walk`
+    // was built from their shapes and strides, and `for_each_block` hands each logical index
+    // to exactly one block, so no two threads write the same element of `out`.
+    let (x, t, o) = unsafe {
+        (
+            Src::new(input.as_ptr()),
+            Src::new(target.as_ptr()),
+            Dst::new(out.as_mut_ptr()),
+        )
+    };
+    if log_target {
+        terms_walk::<T, true>(&walk, x, t, o);
+    } else {
+        terms_walk::<T, false>(&walk, x, t, o);
+    }
+    Ok(())
+}
+
+/// The unreduced loss terms in a new C-ordered array of the broadcast shape.
+///
+/// # Errors
+/// As [`kl_div_sum`].
+///
+/// # Example
+/// ```
+/// use ndarray::array;
+/// let x = array![[-1.0_f32], [-2.0]];
+/// let t = array![0.25_f32, 0.75];
+/// let l = kldiv::kl_div_terms(x.view(), t.view(), false).unwrap();
+/// assert_eq!(l.shape(), &[2, 2]);
+/// ```
+pub fn kl_div_terms<T: Float, D1: Dimension, D2: Dimension>(
+    input: ArrayView<'_, T, D1>,
+    target: ArrayView<'_, T, D2>,
+    log_target: bool,
+) -> Result<ArrayD<T>, Error> {
+    let shape = common_shape(input.shape(), target.shape())?;
+    let mut out = ArrayD::from_elem(IxDyn(&shape), T::default());
+    kl_div_terms_into(input, target, out.view_mut(), log_target)?;
+    Ok(out)
+}
+
+/// The broadcast shape, or the error naming both shapes.
+fn common_shape(input: &[usize], target: &[usize]) -> Result<Vec<usize>, Error> {
+    broadcast_shape(input, target).ok_or_else(|| Error::Broadcast {
+        input: input.to_vec(),
+        target: target.to_vec(),
+    })
+}
+
+fn sum_walk<T: Float, const LOG_TARGET: bool>(walk: &Walk<2>, x: Src<'_, T>, t: Src<'_, T>) -> f64 {
+    let len = walk.len();
+    let [sx, st] = walk.inner_strides();
+    tree_sum(len, |b| {
+        let (lo, hi) = block_range(b, len);
+        let mut acc = [0.0; LANES];
+        let (mut tx, mut tt) = ([T::default(); TILE], [T::default(); TILE]);
+        walk.runs(lo, hi, |r| {
+            let xs = x.run(r.offsets[0], sx, r.len, &mut tx);
+            let ts = t.run(r.offsets[1], st, r.len, &mut tt);
+            sum_slice::<T, LOG_TARGET>(&mut acc, r.first, xs, ts);
+        });
+        fold_lanes(&acc)
+    })
+}
+
+fn terms_walk<T: Float, const LOG_TARGET: bool>(
+    walk: &Walk<3>,
+    x: Src<'_, T>,
+    t: Src<'_, T>,
+    out: Dst<'_, T>,
+) {
+    let len = walk.len();
+    let [sx, st, so] = walk.inner_strides();
+    for_each_block(len, |b| {
+        let (lo, hi) = block_range(b, len);
+        let (mut tx, mut tt) = ([T::default(); TILE], [T::default(); TILE]);
+        walk.runs(lo, hi, |r| {
+            let xs = x.run(r.offsets[0], sx, r.len, &mut tx);
+            let ts = t.run(r.offsets[1], st, r.len, &mut tt);
+            out.write(r.offsets[2], so, r.len, |os| {
+                terms_slice::<T, LOG_TARGET>(xs, ts, os)
+            });
+        });
+    });
+}

@@ -1,0 +1,340 @@
+//! Walking broadcast operands of any strides in logical (C) order, without copying them.
+//!
+//! The operands (inputs and, for the elementwise kernels, the output) are described by one
+//! logical shape and, per operand, element strides over that shape (0 on broadcast axes,
+//! negative for reversed views). [`Walk`] merges axes that are contiguous for every operand
+//! and cuts a range of logical indices into runs along the last axis; [`Src`] and [`Dst`] turn a
+//! run into a slice: the memory itself when its stride is 1, a small stack tile otherwise.
+//! This module is the only place with `unsafe`: everything above it works on slices.
+
+use std::marker::PhantomData;
+
+use crate::error::Error;
+
+/// Elements per stack tile for strided runs.
+pub(crate) const TILE: usize = 512;
+
+/// The broadcast shape of two shapes under NumPy rules, or `None` if they do not broadcast.
+pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let nd = a.len().max(b.len());
+    let dim = |s: &[usize], i: usize| {
+        if i + s.len() >= nd {
+            s[i + s.len() - nd]
+        } else {
+            1
+        }
+    };
+    (0..nd)
+        .map(|i| match (dim(a, i), dim(b, i)) {
+            (p, q) if p == q => Some(p),
+            (1, q) => Some(q),
+            (p, 1) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Strides of an operand of `shape`/`strides` broadcast to `to` (0 on broadcast axes).
+/// `shape` must broadcast to `to`.
+pub(crate) fn broadcast_strides(shape: &[usize], strides: &[isize], to: &[usize]) -> Vec<isize> {
+    let lead = to.len() - shape.len();
+    (0..to.len())
+        .map(|i| {
+            if i < lead || shape[i - lead] == 1 {
+                0
+            } else {
+                strides[i - lead]
+            }
+        })
+        .collect()
+}
+
+/// A run of consecutive logical indices along the last axis.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Run<const K: usize> {
+    /// Logical index of the first element.
+    pub first: usize,
+    /// Number of elements.
+    pub len: usize,
+    /// Element offset of the first element, per operand.
+    pub offsets: [isize; K],
+}
+
+/// `K` operands laid over one logical shape, with axes merged where all are contiguous.
+#[derive(Clone, Debug)]
+pub(crate) struct Walk<const K: usize> {
+    shape: Vec<usize>,
+    strides: Vec<[isize; K]>,
+    len: usize,
+}
+
+impl<const K: usize> Walk<K> {
+    /// Describes `K` operands of logical `shape`; `strides[k]` has one entry per axis.
+    pub(crate) fn new(shape: &[usize], strides: [&[isize]; K]) -> Result<Self, Error> {
+        let len = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| n <= isize::MAX as usize)
+            .ok_or(Error::TooLarge)?;
+        let mut dims: Vec<usize> = Vec::new();
+        let mut strs: Vec<[isize; K]> = Vec::new();
+        for (axis, &d) in shape.iter().enumerate() {
+            if d == 1 {
+                continue; // a length-1 axis never moves
+            }
+            let s: [isize; K] = std::array::from_fn(|k| strides[k][axis]);
+            if let (Some(&pd), Some(ps)) = (dims.last(), strs.last_mut()) {
+                // Merge with the previous axis when stepping it equals a full sweep of this one.
+                if (0..K).all(|k| ps[k] == s[k] * d as isize) {
+                    *dims.last_mut().unwrap() = pd * d;
+                    *ps = s;
+                    continue;
+                }
+            }
+            dims.push(d);
+            strs.push(s);
+        }
+        if dims.is_empty() {
+            dims.push(if len == 0 { 0 } else { 1 });
+            strs.push([0; K]);
+        }
+        Ok(Walk {
+            shape: dims,
+            strides: strs,
+            len,
+        })
+    }
+
+    /// Number of logical elements.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Element strides of each operand along the (merged) last axis.
+    pub(crate) fn inner_strides(&self) -> [isize; K] {
+        *self.strides.last().unwrap()
+    }
+
+    /// Calls `f` on the runs covering logical indices `start..end`, in order; a run never
+    /// crosses the end of the last axis and holds at most [`TILE`] elements.
+    pub(crate) fn runs(&self, start: usize, end: usize, mut f: impl FnMut(Run<K>)) {
+        debug_assert!(start <= end && end <= self.len);
+        if start == end {
+            return;
+        }
+        let nd = self.shape.len();
+        // Multi-index and offsets of `start`.
+        let mut idx = vec![0usize; nd];
+        let mut offsets = [0isize; K];
+        let mut rest = start;
+        for a in (0..nd).rev() {
+            idx[a] = rest % self.shape[a];
+            rest /= self.shape[a];
+            for (o, s) in offsets.iter_mut().zip(self.strides[a]) {
+                *o += idx[a] as isize * s;
+            }
+        }
+        let last = nd - 1;
+        let inner = self.strides[last];
+        let mut pos = start;
+        while pos < end {
+            let len = (self.shape[last] - idx[last]).min(end - pos).min(TILE);
+            f(Run {
+                first: pos,
+                len,
+                offsets,
+            });
+            pos += len;
+            idx[last] += len;
+            for (o, s) in offsets.iter_mut().zip(inner) {
+                *o += len as isize * s;
+            }
+            if idx[last] < self.shape[last] || pos == end {
+                continue;
+            }
+            // The last axis is done: carry into the outer axes.
+            for (o, s) in offsets.iter_mut().zip(inner) {
+                *o -= self.shape[last] as isize * s;
+            }
+            idx[last] = 0;
+            for a in (0..last).rev() {
+                idx[a] += 1;
+                for (o, s) in offsets.iter_mut().zip(self.strides[a]) {
+                    *o += s;
+                }
+                if idx[a] < self.shape[a] {
+                    break;
+                }
+                for (o, s) in offsets.iter_mut().zip(self.strides[a]) {
+                    *o -= self.shape[a] as isize * s;
+                }
+                idx[a] = 0;
+            }
+        }
+    }
+}
+
+/// A read-only operand: the address of logical index 0 of a view.
+pub(crate) struct Src<'a, T> {
+    ptr: *const T,
+    _view: PhantomData<&'a T>,
+}
+
+impl<T> Clone for Src<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Src<'_, T> {}
+
+// SAFETY: a `Src` only reads through `ptr`, like the `&'a [T]` it stands for; `T: Sync` makes
+// shared reads from several threads sound.
+unsafe impl<T: Sync> Send for Src<'_, T> {}
+// SAFETY: as above.
+unsafe impl<T: Sync> Sync for Src<'_, T> {}
+
+impl<'a, T: Copy> Src<'a, T> {
+    /// # Safety
+    /// `ptr` must be the address of logical index 0 of a view that stays borrowed for `'a`, and
+    /// every run later passed to [`Src::run`] must come from a [`Walk`] built from that view's
+    /// shape and strides (after broadcasting), so that every offset lies inside the view.
+    pub(crate) unsafe fn new(ptr: *const T) -> Self {
+        Src {
+            ptr,
+            _view: PhantomData,
+        }
+    }
+
+    /// The `len` elements of a run starting at element `offset` with `stride`, `len <= TILE`:
+    /// the memory itself when `stride == 1`, else gathered into `tile`.
+    #[inline]
+    pub(crate) fn run<'b>(
+        &self,
+        offset: isize,
+        stride: isize,
+        len: usize,
+        tile: &'b mut [T; TILE],
+    ) -> &'b [T]
+    where
+        'a: 'b,
+    {
+        debug_assert!(len <= TILE);
+        if stride == 1 {
+            // SAFETY: by the contract of `new`, the elements `offset..offset + len` lie inside
+            // the borrowed view, which is contiguous along this run (stride 1).
+            unsafe { std::slice::from_raw_parts(self.ptr.offset(offset), len) }
+        } else {
+            for (i, v) in tile[..len].iter_mut().enumerate() {
+                // SAFETY: `offset + i * stride` is the offset of a logical index in the view
+                // (contract of `new`); a stride of 0 re-reads one valid element.
+                *v = unsafe { *self.ptr.offset(offset + i as isize * stride) };
+            }
+            &tile[..len]
+        }
+    }
+}
+
+/// A writable operand: the address of logical index 0 of a mutable view.
+pub(crate) struct Dst<'a, T> {
+    ptr: *mut T,
+    _view: PhantomData<&'a mut T>,
+}
+
+// SAFETY: several threads write through one `Dst` only at distinct logical indices (disjoint
+// blocks), which a mutable view maps to distinct elements; `T: Send` lets values cross threads.
+unsafe impl<T: Send> Send for Dst<'_, T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Dst<'_, T> {}
+
+impl<'a, T: Copy + Default> Dst<'a, T> {
+    /// # Safety
+    /// As [`Src::new`], for a mutable view (whose elements never alias one another), and callers
+    /// must never pass the same logical index to [`Dst::write`] from two threads at once.
+    pub(crate) unsafe fn new(ptr: *mut T) -> Self {
+        Dst {
+            ptr,
+            _view: PhantomData,
+        }
+    }
+
+    /// Runs `fill` on a slice for the `len <= TILE` elements of a run and stores it: the memory
+    /// itself when `stride == 1`, else a tile scattered afterwards.
+    #[inline]
+    pub(crate) fn write(
+        &self,
+        offset: isize,
+        stride: isize,
+        len: usize,
+        fill: impl FnOnce(&mut [T]),
+    ) {
+        debug_assert!(len <= TILE);
+        if stride == 1 {
+            // SAFETY: the run lies inside the mutable view and is contiguous (contract of
+            // `new`); no other thread touches these logical indices, so the slice is unique.
+            fill(unsafe { std::slice::from_raw_parts_mut(self.ptr.offset(offset), len) });
+        } else {
+            let mut tile = [T::default(); TILE];
+            fill(&mut tile[..len]);
+            for (i, &v) in tile[..len].iter().enumerate() {
+                // SAFETY: each `offset + i * stride` is a distinct element of the view (a mutable
+                // view has no stride-0 axes), owned by this run alone.
+                unsafe { *self.ptr.offset(offset + i as isize * stride) = v };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcasting_follows_numpy() {
+        assert_eq!(broadcast_shape(&[3, 1], &[4]), Some(vec![3, 4]));
+        assert_eq!(broadcast_shape(&[], &[2, 3]), Some(vec![2, 3]));
+        assert_eq!(broadcast_shape(&[0], &[1]), Some(vec![0]));
+        assert_eq!(broadcast_shape(&[3], &[4]), None);
+        assert_eq!(
+            broadcast_strides(&[3, 1], &[1, 1], &[2, 3, 4]),
+            vec![0, 1, 0]
+        );
+    }
+
+    #[test]
+    fn contiguous_axes_merge_and_runs_cover_the_range() {
+        // C-contiguous 2x3x4 for both: one axis of 24.
+        let w = Walk::<2>::new(&[2, 3, 4], [&[12, 4, 1], &[12, 4, 1]]).unwrap();
+        assert_eq!(w.shape, vec![24]);
+        // Fortran-ordered 3x4: no merge; runs of 4 with stride 3.
+        let w = Walk::<1>::new(&[3, 4], [&[1, 3]]).unwrap();
+        let mut seen = Vec::new();
+        w.runs(2, 11, |r| seen.push((r.first, r.len, r.offsets[0])));
+        assert_eq!(seen, vec![(2, 2, 6), (4, 4, 1), (8, 3, 2)]);
+        // A long contiguous axis is cut into tiles.
+        let w = Walk::<1>::new(&[2 * TILE + 1], [&[1]]).unwrap();
+        let mut lens = Vec::new();
+        w.runs(0, w.len(), |r| lens.push((r.len, r.offsets[0])));
+        assert_eq!(
+            lens,
+            vec![(TILE, 0), (TILE, TILE as isize), (1, 2 * TILE as isize)]
+        );
+    }
+
+    #[test]
+    fn zero_dim_and_empty() {
+        let w = Walk::<2>::new(&[], [&[], &[]]).unwrap();
+        assert_eq!(w.len(), 1);
+        let w = Walk::<2>::new(&[3, 0], [&[0, 1], &[0, 1]]).unwrap();
+        assert_eq!(w.len(), 0);
+        w.runs(0, 0, |_| panic!("no runs in an empty walk"));
+    }
+
+    #[test]
+    fn too_large_is_an_error() {
+        let big = usize::MAX / 2;
+        assert_eq!(
+            Walk::<1>::new(&[big, 4], [&[0, 0]]).unwrap_err(),
+            Error::TooLarge
+        );
+    }
+}

@@ -1,0 +1,74 @@
+"""Shared by the tests and scripts/make_fixtures.py: the float64 reference and the views."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any
+
+import numpy as np
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "torch_kl_div.npz"
+REDUCTIONS = ("none", "sum", "mean", "batchmean")
+
+
+def reference_terms(x: Any, t: Any, log_target: bool) -> np.ndarray:
+    """PyTorch's unreduced kl_div terms in float64, written with NumPy."""
+    x = np.asarray(x, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        if log_target:
+            return np.exp(t) * (t - x)
+        xlogy = np.where(np.isnan(t), np.nan, np.where(t == 0, 0.0, t * np.log(t)))
+        return xlogy - t * x
+
+
+def reference(x: Any, t: Any, reduction: str, log_target: bool) -> Any:
+    """The float64 reference of kldiv.kl_div: exact sums (math.fsum)."""
+    terms = reference_terms(x, t, log_target)
+    if reduction == "none":
+        return terms
+    s = math.fsum(terms.ravel()) if np.all(np.isfinite(terms)) else float(np.sum(terms))
+    with np.errstate(all="ignore"):
+        if reduction == "sum":
+            return np.float64(s)
+        if reduction == "mean":
+            return np.float64(s) / np.float64(terms.size)
+        x = np.asarray(x)
+        return np.float64(s) if x.ndim == 0 else np.float64(s) / np.float64(x.shape[0])
+
+
+def apply_view(a: np.ndarray, view: str) -> np.ndarray:
+    """The views the fixtures name: the stored array, transposed, reversed, stepped, F-order."""
+    views = {
+        "": lambda: a,
+        "T": lambda: a.T,
+        "rev": lambda: a[::-1, ::2],
+        "step": lambda: a[:, ::-3],
+        "F": lambda: np.asfortranarray(a),
+    }
+    return views[view]()
+
+
+def load_fixtures() -> list[dict[str, Any]]:
+    """The PyTorch cases of tests/fixtures/torch_kl_div.npz, one dict each."""
+    with np.load(FIXTURES, allow_pickle=False) as z:
+        index = json.loads(str(z["index"]))
+        cases = []
+        for meta in index:
+            i = meta["id"]
+            case = dict(meta)
+            for key in ("input", "target", "loss", "grad_output", "grad_input", "grad_target"):
+                case[key] = z[f"c{i}_{key}"]
+            cases.append(case)
+        return cases
+
+
+def tolerance(dtype: np.dtype) -> dict[str, float]:
+    """rtol/atol for comparing a result of ``dtype`` with PyTorch or the reference."""
+    return {
+        np.dtype(np.float16): {"rtol": 2e-3, "atol": 1e-3},
+        np.dtype(np.float32): {"rtol": 2e-6, "atol": 1e-6},
+        np.dtype(np.float64): {"rtol": 1e-13, "atol": 1e-14},
+    }[np.dtype(dtype)]
