@@ -24,6 +24,35 @@ def reference_terms(x: Any, t: Any, log_target: bool) -> np.ndarray:
         return xlogy - t * x
 
 
+def reference_scale(x: Any, t: Any, log_target: bool) -> np.ndarray:
+    """The magnitude of the parts each term is made of: a term's rounding error (the last ulp
+    of a ``log`` or ``exp``, magnified by cancellation) is a few ulp of this, not of the term."""
+    x = np.abs(np.asarray(x, dtype=np.float64))
+    t = np.asarray(t, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        if log_target:
+            scale = np.exp(t) * (np.abs(t) + x)
+        else:
+            scale = np.abs(np.where(t == 0, 0.0, t * np.log(np.abs(t)))) + np.abs(t) * x
+    return np.nan_to_num(scale, nan=0.0, posinf=np.inf)
+
+
+def assert_terms_close(got: np.ndarray, want: np.ndarray, scale: np.ndarray, ulps: int = 4) -> None:
+    """``got`` equals the float64 ``want`` where it is NaN or infinite, and within ``ulps`` of
+    the output dtype's epsilon times ``scale`` elsewhere."""
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    with np.errstate(over="ignore"):
+        rounded = want.astype(got.dtype)  # what overflows the output dtype is infinite
+    inf = np.isinf(rounded)
+    np.testing.assert_array_equal(got[inf], rounded[inf])
+    finite = np.isfinite(rounded)
+    eps = float(np.finfo(got.dtype).eps)
+    err = np.abs(got[finite].astype(np.float64) - want[finite])
+    tiny = float(np.finfo(got.dtype).tiny)
+    bound = ulps * eps * scale[finite] + tiny
+    assert np.all(err <= bound), (got[finite][err > bound], want[finite][err > bound])
+
+
 def reference(x: Any, t: Any, reduction: str, log_target: bool) -> Any:
     """The float64 reference of kldiv.kl_div: exact sums (math.fsum)."""
     terms = reference_terms(x, t, log_target)

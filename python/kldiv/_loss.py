@@ -107,7 +107,7 @@ def _kl_div(
     x = _as_float_array(input, "input")
     t = _as_float_array(target, "target")
     shape = _broadcast_shape(x, t)
-    result_dtype = np.result_type(x.dtype, t.dtype)
+    result_dtype = np.result_type(x.dtype, t.dtype).newbyteorder("=")
     compute = np.dtype(np.float32) if result_dtype == np.float16 else result_dtype
     x, t = _for_kernel(x, compute), _for_kernel(t, compute)
     total, terms = _KERNELS[compute]
@@ -126,7 +126,8 @@ def _kl_div(
         value = _divide(s, math.prod(shape))
     else:  # batchmean: input's own first dimension, as PyTorch does
         value = s if x.ndim == 0 else _divide(s, x.shape[0])
-    return result_dtype.type(value)
+    with np.errstate(over="ignore"):  # a sum beyond the dtype's range is +-inf, as in PyTorch
+        return result_dtype.type(value)
 
 
 def _divide(s: float, n: int) -> float:
@@ -151,7 +152,7 @@ def _as_float_array(obj: object, name: str) -> npt.NDArray[Any]:
         a = np.asarray(obj)
     except Exception as e:  # __array__ raising, ragged lists, ...
         raise TypeError(f"{name} cannot be converted to an array: {e}") from e
-    if a.dtype not in _FLOATS:
+    if a.dtype.newbyteorder("=") not in _FLOATS:
         raise TypeError(
             f"{name} has dtype {a.dtype}; kldiv computes on float16, float32 or float64 "
             f"arrays (convert it, e.g. with .astype(np.float32))"
