@@ -1,0 +1,55 @@
+# The habits: `make demo`, `make test`, `make lint`, `make bench`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export CARGO_BUILD_JOBS ?= 2
+
+.PHONY: demo build-dev test test-rust test-python lint format bench bench-rust fixtures clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+## Build the wheel's contents, install kldiv into .venv, run the demo.
+demo: $(BIN)/python
+	$(BIN)/python -m pip install -q .
+	$(BIN)/python examples/demo.py
+
+## Editable install (maturin develop, release build) with the test tools.
+build-dev: $(BIN)/python
+	$(BIN)/python -m pip install -q "maturin>=1.5,<2" numpy pytest hypothesis "ruff==0.17.*"
+	$(BIN)/maturin develop --release -q
+
+## Every test: the crate alone (cargo test), then the Python package (pytest).
+test: build-dev test-rust test-python
+
+test-rust:
+	cargo test -j2
+
+test-python:
+	$(BIN)/python -m pytest -q tests
+
+lint: build-dev
+	cargo fmt --check
+	cargo clippy -j2 --all-targets -- -D warnings
+	cargo clippy -j2 --all-targets --features python -- -D warnings
+	$(BIN)/ruff check python tests scripts benches examples
+	$(BIN)/ruff format --check python tests scripts benches examples
+
+format:
+	cargo fmt
+	$(BIN)/ruff format python tests scripts benches examples
+
+## The Python benchmark table (peers that are installed in .venv) and the criterion benches.
+bench: build-dev
+	$(BIN)/python benches/bench.py
+
+bench-rust:
+	cargo bench -j2 --bench kernels
+
+## Regenerate tests/fixtures/ (needs PyTorch: TORCH_PYTHON=/path/to/venv/bin/python).
+fixtures:
+	$(or $(TORCH_PYTHON),$(BIN)/python) scripts/make_fixtures.py
+
+clean:
+	rm -rf $(VENV) target

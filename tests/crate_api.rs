@@ -1,0 +1,135 @@
+//! The crate alone (no Python): reductions, layouts, threads, broadcasting, errors.
+
+use kldiv::{kl_div, kl_div_sum, kl_div_terms, kl_div_terms_into, term, Error, Reduction};
+use ndarray::{s, Array, Array2, ArrayD, Axis, IxDyn, ShapeBuilder};
+
+/// Deterministic pseudo-random softmax rows (no rand dependency).
+fn softmax_rows(rows: usize, cols: usize, seed: u64, log: bool) -> Array2<f64> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 11) as f64 / (1u64 << 53) as f64) * 6.0 - 3.0
+    };
+    let mut a = Array2::from_shape_simple_fn((rows, cols), &mut next);
+    for mut row in a.axis_iter_mut(Axis(0)) {
+        let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+        row.mapv_inplace(|v| if log { v - lse } else { (v - lse).exp() });
+    }
+    a
+}
+
+fn naive_sum(x: &Array2<f64>, t: &Array2<f64>) -> f64 {
+    x.iter().zip(t).map(|(&xi, &ti)| term::<false>(xi, ti)).sum()
+}
+
+#[test]
+fn reductions_match_a_naive_sum() {
+    let x = softmax_rows(37, 53, 1, true);
+    let t = softmax_rows(37, 53, 2, false);
+    let want = naive_sum(&x, &t);
+    let sum = kl_div(x.view(), t.view(), Reduction::Sum, false).unwrap();
+    assert!((sum - want).abs() <= 1e-12 * want.abs());
+    let mean = kl_div(x.view(), t.view(), Reduction::Mean, false).unwrap();
+    assert!((mean - want / (37.0 * 53.0)).abs() <= 1e-12 * mean.abs());
+    let bm = kl_div(x.view(), t.view(), Reduction::BatchMean, false).unwrap();
+    assert!((bm - want / 37.0).abs() <= 1e-12 * bm.abs());
+}
+
+#[test]
+fn same_bits_for_every_layout_and_thread_count() {
+    let (rows, cols) = (301, 997); // ~300k elements: many blocks, parallel
+    let x64 = softmax_rows(rows, cols, 3, true);
+    let t64 = softmax_rows(rows, cols, 4, false);
+    let x = x64.mapv(|v| v as f32);
+    let t = t64.mapv(|v| v as f32);
+    kldiv::set_num_threads(2);
+    let want = kl_div_sum(x.view(), t.view(), false).unwrap();
+
+    // Fortran order
+    let mut xf = Array2::<f32>::zeros((rows, cols).f());
+    xf.assign(&x);
+    let mut tf = Array2::<f32>::zeros((rows, cols).f());
+    tf.assign(&t);
+    assert_eq!(kl_div_sum(xf.view(), tf.view(), false).unwrap().to_bits(), want.to_bits());
+    assert_eq!(kl_div_sum(xf.view(), t.view(), false).unwrap().to_bits(), want.to_bits());
+
+    // strided and negative strides
+    let mut big = Array2::<f32>::zeros((rows * 2, cols * 3));
+    big.slice_mut(s![..;2, ..;3]).assign(&x);
+    let strided = big.slice(s![..;2, ..;3]);
+    assert_eq!(kl_div_sum(strided, t.view(), false).unwrap().to_bits(), want.to_bits());
+    let mut rev = x.clone();
+    rev.invert_axis(Axis(0));
+    rev.invert_axis(Axis(1));
+    let rev = rev.as_standard_layout().into_owned(); // memory reversed
+    let mut back = rev.view();
+    back.invert_axis(Axis(0));
+    back.invert_axis(Axis(1));
+    assert_eq!(kl_div_sum(back, t.view(), false).unwrap().to_bits(), want.to_bits());
+
+    for n in 1..=4 {
+        kldiv::set_num_threads(n);
+        assert_eq!(kldiv::get_num_threads(), n);
+        assert_eq!(kl_div_sum(x.view(), t.view(), false).unwrap().to_bits(), want.to_bits());
+        assert_eq!(kl_div_sum(xf.view(), tf.view(), false).unwrap().to_bits(), want.to_bits());
+    }
+    kldiv::set_num_threads(0);
+}
+
+#[test]
+fn broadcast_views_equal_materialised_copies() {
+    let x = softmax_rows(200, 500, 5, true);
+    let row = softmax_rows(1, 500, 6, false);
+    let full = row.broadcast((200, 500)).unwrap().to_owned();
+    let a = kl_div_sum(x.view(), row.view(), false).unwrap();
+    let b = kl_div_sum(x.view(), full.view(), false).unwrap();
+    let c = kl_div_sum(x.view(), row.row(0), false).unwrap(); // 1-d against 2-d
+    assert_eq!(a.to_bits(), b.to_bits());
+    assert_eq!(a.to_bits(), c.to_bits());
+}
+
+#[test]
+fn terms_into_any_output_layout() {
+    let x = softmax_rows(30, 70, 7, true);
+    let t = softmax_rows(30, 70, 8, false);
+    let c = kl_div_terms(x.view(), t.view(), false).unwrap();
+    let mut f = Array2::<f64>::zeros((30, 70).f());
+    kl_div_terms_into(x.view(), t.view(), f.view_mut(), false).unwrap();
+    assert_eq!(c.into_dimensionality().unwrap(), f);
+    let mut big = Array2::<f64>::zeros((30, 140));
+    kl_div_terms_into(x.view(), t.view(), big.slice_mut(s![.., ..;-2]), true).unwrap();
+    assert_eq!(big[[0, 139]], term::<true>(x[[0, 0]], t[[0, 0]]));
+    assert_eq!(big[[0, 138]], 0.0);
+}
+
+#[test]
+fn zero_dim_empty_and_batchmean_rules() {
+    let x = ArrayD::from_elem(IxDyn(&[]), -0.7f64);
+    let t = ArrayD::from_elem(IxDyn(&[]), 0.4f64);
+    let v = kl_div(x.view(), t.view(), Reduction::BatchMean, false).unwrap();
+    assert_eq!(v, term::<false>(-0.7, 0.4));
+    let e = Array::<f32, _>::zeros((0, 3));
+    assert_eq!(kl_div(e.view(), e.view(), Reduction::Sum, false).unwrap(), 0.0);
+    assert!(kl_div(e.view(), e.view(), Reduction::Mean, false).unwrap().is_nan());
+    assert!(kl_div(e.view(), e.view(), Reduction::BatchMean, false).unwrap().is_nan());
+    let e = Array::<f32, _>::zeros((3, 0));
+    assert_eq!(kl_div(e.view(), e.view(), Reduction::BatchMean, false).unwrap(), 0.0);
+    // batchmean divides by input's first dimension, even when the target broadcasts it larger
+    let x1 = softmax_rows(1, 5, 9, true).into_shape_with_order(5).unwrap();
+    let t2 = softmax_rows(4, 5, 10, false);
+    let s = kl_div_sum(x1.view(), t2.view(), false).unwrap();
+    let bm = kl_div(x1.view(), t2.view(), Reduction::BatchMean, false).unwrap();
+    assert_eq!(bm, s / 5.0);
+}
+
+#[test]
+fn errors_name_the_shapes() {
+    let x = Array2::<f64>::zeros((2, 3));
+    let t = Array2::<f64>::zeros((4, 3));
+    let err = kl_div_sum(x.view(), t.view(), false).unwrap_err();
+    assert_eq!(err, Error::Broadcast { input: vec![2, 3], target: vec![4, 3] });
+    let mut out = Array2::<f64>::zeros((3, 2));
+    let err = kl_div_terms_into(x.view(), x.view(), out.view_mut(), false).unwrap_err();
+    assert_eq!(err, Error::OutputShape { expected: vec![2, 3], actual: vec![3, 2] });
+    assert!(err.to_string().contains("[3, 2]"));
+}
