@@ -10,13 +10,14 @@ It prints a table (median ns per element, microseconds per call, how many times 
 is than each peer, kldiv's time over the read floor, and "cpu": the process CPU time over the
 wall time, summed over the repeats, a rough count of the cores an implementation kept busy;
 the kernel accounts CPU time coarsely, so it is only meaningful for calls of a millisecond or
-more), writes JSON
-(``--json``, default ``bench-results/bench.json``) and a PNG chart (``--png``, default
-``bench-results/bench.png``; needs matplotlib).
+more), writes JSON (``--json``, default ``bench-results/bench.json``) and a PNG chart
+(``--png``, default ``bench-results/bench.png``; needs matplotlib).
 
 The rule (BENCHMARKS.md): same arrays, same number of threads, at least 7 timed repeats after a
 warm-up, the implementations interleaved inside each repeat (their order rotates from repeat to
-repeat), the median reported. Peers, each only if it imports: PyTorch
+repeat), the median reported. Each timed block starts after a 20 ms gap (``--settle-ms``,
+the main thread busy-waits): PyTorch's OpenMP workers spin for milliseconds after each call
+and would otherwise steal a core from whatever runs next. Peers, each only if it imports: PyTorch
 (``torch.nn.functional.kl_div``, forward + ``torch.autograd.grad`` for W6), JAX (the same
 expression under ``jax.jit``, arrays put on the device once), NumPy/SciPy
 (``(xlogy(t, t) - t * x).sum() / n``, single-threaded by nature), and the read floor
@@ -60,6 +61,10 @@ IMPLS = ("kldiv", *PEERS, FLOOR)
 ENV_VARS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "MKL_NUM_THREADS")
 ENV_VARS += ("KLDIV_NUM_THREADS", "RAYON_NUM_THREADS", "XLA_FLAGS", "JAX_PLATFORMS")
 MIN_REPEATS = 7  # BENCHMARKS.md: at least 7 timed repeats
+# After a parallel region PyTorch's OpenMP (libgomp) workers spin for several milliseconds
+# (measured: ~7 ms on the 2-core dev box); whatever runs next would share the cores with them.
+# So each implementation's timed block starts after this gap (untimed, busy-waited).
+SETTLE_MS = 20.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,21 @@ def _setup_jax(threads: int, notes: list[str]) -> Any | None:
     return jax
 
 
+def _cpu_busy(seconds: float = 0.3) -> float | None:
+    """Fraction of all CPUs busy (with other processes: this one sleeps) over ``seconds``."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(n) for n in f.readline().split()[1:]]
+        return sum(v[:8]), v[3] + v[4]  # total, idle + iowait
+
+    try:
+        (t0, i0), _, (t1, i1) = sample(), time.sleep(seconds), sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
 def _machine(threads: int, mods: dict[str, Any]) -> dict[str, Any]:
     model, flags = "unknown", ""
     try:
@@ -168,6 +188,7 @@ def _machine(threads: int, mods: dict[str, Any]) -> dict[str, Any]:
     }
     for name, mod in mods.items():
         info[name] = getattr(mod, "__version__", None) if mod is not None else None
+    info["kldiv_file"] = getattr(mods.get("kldiv"), "__file__", None)
     return info
 
 
@@ -287,8 +308,18 @@ def _agrees(got: Any, ref: Any, dtype: type[np.floating[Any]]) -> bool:
 # --------------------------------------------------------------------------- timing
 
 
-def _time(fns: dict[str, Fn], calls: int, repeats: int) -> dict[str, dict[str, Any]]:
-    """Medians of ``repeats`` timed repeats; implementations interleaved in each repeat."""
+def _spin(ms: float) -> None:
+    """Waits ``ms`` busy, not asleep: the core stays out of idle states, its caches warm."""
+    end = time.perf_counter_ns() + int(ms * 1e6)
+    while time.perf_counter_ns() < end:
+        pass
+
+
+def _time(
+    fns: dict[str, Fn], calls: int, repeats: int, settle_ms: float
+) -> dict[str, dict[str, Any]]:
+    """Medians of ``repeats`` timed repeats; implementations interleaved in each repeat, each
+    timed block after a ``settle_ms`` gap."""
     names = list(fns)
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu = dict.fromkeys(names, 0)  # process CPU time, all threads, summed over the repeats
@@ -300,6 +331,7 @@ def _time(fns: dict[str, Fn], calls: int, repeats: int) -> dict[str, dict[str, A
             k = rep % len(names)
             for name in names[k:] + names[:k]:  # rotate the order: no fixed position
                 fn = fns[name]
+                _spin(settle_ms)
                 c0, t0 = time.process_time_ns(), time.perf_counter_ns()
                 for _ in range(calls):
                     fn()
@@ -322,18 +354,10 @@ def _time(fns: dict[str, Fn], calls: int, repeats: int) -> dict[str, dict[str, A
 # --------------------------------------------------------------------------- driver
 
 
-def run(
-    workloads: Sequence[str] | None = None,
-    threads: int = 2,
-    repeats: int = 9,
-    quick: bool = False,
-    seed: int = 0,
-    impls: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Runs the workloads (ids ``"W1"``..``"W9"``; all if None) with the implementations
-    ``impls`` (a subset of ``IMPLS``; all that import if None) and returns a dict with
-    ``machine``, ``config``, ``notes`` and ``results`` (one entry per workload and
-    implementation: median ns per call and per element, CPU utilisation, raw samples)."""
+def check_args(
+    workloads: Sequence[str] | None, impls: Sequence[str] | None, threads: int, repeats: int
+) -> tuple[list[str], set[str]]:
+    """The workload ids and the set of implementations to run; ValueError if one is unknown."""
     want = set(IMPLS) if not impls else {s.strip().lower() for s in impls}
     if want - set(IMPLS):
         raise ValueError(f"unknown impl(s) {sorted(want - set(IMPLS))}; choose from {IMPLS}")
@@ -343,12 +367,33 @@ def run(
         raise ValueError(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
     if threads < 1 or repeats < 1:
         raise ValueError("threads and repeats must be at least 1")
+    return ids, want
+
+
+def run(
+    workloads: Sequence[str] | None = None,
+    threads: int = 2,
+    repeats: int = 9,
+    quick: bool = False,
+    seed: int = 0,
+    impls: Sequence[str] | None = None,
+    settle_ms: float = SETTLE_MS,
+) -> dict[str, Any]:
+    """Runs the workloads (ids ``"W1"``..``"W9"``; all if None) with the implementations
+    ``impls`` (a subset of ``IMPLS``; all that import if None) and returns a dict with
+    ``machine``, ``config``, ``notes`` and ``results`` (one entry per workload and
+    implementation: median ns per call and per element, ``time_over_kldiv`` (> 1: kldiv is
+    that many times faster; for the floor, 1 / (kldiv's time over the floor)), CPU
+    utilisation, raw samples).
+    ``settle_ms``: gap before each timed block (see ``SETTLE_MS``)."""
+    ids, want = check_args(workloads, impls, threads, repeats)
     notes: list[str] = []
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load >= 0.5:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    busy = _cpu_busy()
+    if busy is not None and busy > 0.1:
         notes.append(
-            f"load average {load:.2f} at the start: the machine is not quiet, timings (PyTorch's "
-            "OpenMP threads especially) may be distorted"
+            f"other processes kept {busy:.0%} of the CPUs busy at the start: the machine is not "
+            "quiet, timings (PyTorch's OpenMP threads especially) may be distorted"
         )
     if repeats < MIN_REPEATS:
         notes.append(f"only {repeats} repeats: BENCHMARKS.md asks for at least {MIN_REPEATS}")
@@ -407,7 +452,8 @@ def run(
             del out
         del ref
 
-        timed = _time(fns, calls, repeats)
+        timed = _time(fns, calls, repeats, settle_ms)
+        k = timed["kldiv"]["ns_per_call"] if "kldiv" in timed else None
         for name, r in timed.items():
             results.append(
                 {
@@ -416,6 +462,7 @@ def run(
                     "elements": n,
                     "ns_per_element": r["ns_per_call"] / n,
                     "us_per_call": r["ns_per_call"] / 1e3,
+                    "time_over_kldiv": r["ns_per_call"] / k if k else None,
                     **r,
                 }
             )
@@ -431,6 +478,8 @@ def run(
             "quick": quick,
             "seed": seed,
             "impls": [i for i in IMPLS if i in want],
+            "settle_ms": settle_ms,
+            "cpu_busy_start": busy,
             "loadavg_start": load,
             "loadavg_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "env": {v: os.environ[v] for v in ENV_VARS if v in os.environ},
@@ -522,13 +571,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=9, help="timed repeats, median taken (9)")
     p.add_argument("--quick", action="store_true", help="sizes / 100, for a smoke run")
     p.add_argument("--impls", default="", help=f"comma-separated subset of {','.join(IMPLS)}")
+    p.add_argument(
+        "--settle-ms", type=float, default=SETTLE_MS, help="gap before each timed block (20)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=Path("bench-results/bench.json"))
     p.add_argument("--png", type=Path, default=Path("bench-results/bench.png"))
     a = p.parse_args(argv)
     wl = [s for s in a.workloads.split(",") if s.strip()] or None
     im = [s for s in a.impls.split(",") if s.strip()] or None
-    res = run(wl, threads=a.threads, repeats=a.repeats, quick=a.quick, seed=a.seed, impls=im)
+    try:
+        check_args(wl, im, a.threads, a.repeats)
+    except ValueError as e:
+        p.error(str(e))
+    res = run(wl, a.threads, a.repeats, a.quick, a.seed, im, a.settle_ms)
 
     m = res["machine"]
     versions = ", ".join(f"{k} {m[k]}" for k in ("numpy", "torch", "jax", "kldiv") if m[k])

@@ -10,7 +10,9 @@ use ndarray::{Array2, Axis};
 fn softmax_rows(rows: usize, cols: usize, seed: u64, log: bool) -> Array2<f32> {
     let mut state = seed;
     let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 11) as f64 / (1u64 << 53) as f64) as f32 * 6.0 - 3.0
     };
     let mut a = Array2::from_shape_simple_fn((rows, cols), &mut next);

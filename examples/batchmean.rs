@@ -9,7 +9,9 @@ use ndarray::{Array2, Axis};
 fn main() -> Result<(), kldiv::Error> {
     let (rows, cols) = (1000, 10_000);
     // Targets: softmax of a smooth pattern; predictions: a slightly shifted softmax, as logs.
-    let logits = Array2::from_shape_fn((rows, cols), |(i, j)| ((i * 7 + j * 13) % 101) as f32 / 25.0);
+    let logits = Array2::from_shape_fn((rows, cols), |(i, j)| {
+        ((i * 7 + j * 13) % 101) as f32 / 25.0
+    });
     let softmax = |z: &Array2<f32>, log: bool| {
         let mut out = z.clone();
         for mut row in out.axis_iter_mut(Axis(0)) {

@@ -22,7 +22,8 @@
 //! assert!(loss > 0.0);
 //! ```
 //!
-//! Layout: [`terms`](term) holds the formula, `reduce` the fused sums, `walk` the strided
+//! Layout: [`terms`](term) holds the formula and its derivatives, `reduce` the fused sums,
+//! `grad` the gradient kernels, `walk` the strided
 //! traversal, `parallel` the thread pool and blocks. The Python bindings (feature `python`)
 //! live in `py.rs`.
 
@@ -30,6 +31,7 @@
 
 mod error;
 mod float;
+mod grad;
 mod loss;
 mod parallel;
 mod reduce;
@@ -41,6 +43,9 @@ mod py;
 
 pub use error::Error;
 pub use float::Float;
+pub use grad::{
+    kl_div_and_grad, kl_div_and_grad_into, kl_div_backward_into, kl_div_terms_and_grad_into,
+};
 pub use loss::{kl_div, kl_div_sum, kl_div_terms, kl_div_terms_into, Reduction};
 pub use parallel::{get_num_threads, set_num_threads};
-pub use terms::term;
+pub use terms::{grad_input, grad_target, term};

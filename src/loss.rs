@@ -8,7 +8,7 @@ use crate::float::Float;
 use crate::parallel::{block_range, for_each_block, tree_sum};
 use crate::reduce::{fold_lanes, sum_slice, LANES};
 use crate::terms::terms_slice;
-use crate::walk::{broadcast_shape, broadcast_strides, Dst, Src, Walk, TILE};
+use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Walk};
 
 /// How the loss terms are reduced to one number (PyTorch's `reduction` argument, less `"none"`,
 /// which is [`kl_div_terms`]).
@@ -86,14 +86,7 @@ pub fn kl_div<T: Float, D1: Dimension, D2: Dimension>(
     reduction: Reduction,
     log_target: bool,
 ) -> Result<T, Error> {
-    let len: usize = common_shape(input.shape(), target.shape())?
-        .iter()
-        .product();
-    let divisor = match reduction {
-        Reduction::Sum => 1.0,
-        Reduction::Mean => len as f64,
-        Reduction::BatchMean => input.shape().first().map_or(1.0, |&n| n as f64),
-    };
+    let divisor = divisor(reduction, input.shape(), target.shape())?;
     let sum = kl_div_sum(input, target, log_target)?;
     Ok(T::from_f64(sum / divisor))
 }
@@ -176,8 +169,22 @@ pub fn kl_div_terms<T: Float, D1: Dimension, D2: Dimension>(
     Ok(out)
 }
 
+/// What a reduction divides the sum by: 1, the number of terms, or `input`'s first dimension
+/// (1 for a 0-d input).
+pub(crate) fn divisor(
+    reduction: Reduction,
+    input: &[usize],
+    target: &[usize],
+) -> Result<f64, Error> {
+    Ok(match reduction {
+        Reduction::Sum => 1.0,
+        Reduction::Mean => common_shape(input, target)?.iter().product::<usize>() as f64,
+        Reduction::BatchMean => input.first().map_or(1.0, |&n| n as f64),
+    })
+}
+
 /// The broadcast shape, or the error naming both shapes.
-fn common_shape(input: &[usize], target: &[usize]) -> Result<Vec<usize>, Error> {
+pub(crate) fn common_shape(input: &[usize], target: &[usize]) -> Result<Vec<usize>, Error> {
     broadcast_shape(input, target).ok_or_else(|| Error::Broadcast {
         input: input.to_vec(),
         target: target.to_vec(),
@@ -186,16 +193,17 @@ fn common_shape(input: &[usize], target: &[usize]) -> Result<Vec<usize>, Error> 
 
 fn sum_walk<T: Float, const LOG_TARGET: bool>(walk: &Walk<2>, x: Src<'_, T>, t: Src<'_, T>) -> f64 {
     let len = walk.len();
-    let [sx, st] = walk.inner_strides();
     tree_sum(len, |b| {
-        let (lo, hi) = block_range(b, len);
         let mut acc = [0.0; LANES];
-        let (mut tx, mut tt) = ([T::default(); TILE], [T::default(); TILE]);
-        walk.runs(lo, hi, |r| {
-            let xs = x.run(r.offsets[0], sx, r.len, &mut tx);
-            let ts = t.run(r.offsets[1], st, r.len, &mut tt);
-            sum_slice::<T, LOG_TARGET>(&mut acc, r.first, xs, ts);
-        });
+        for_runs(
+            walk,
+            block_range(b, len),
+            &[x, t],
+            &[],
+            |first, [xs, ts], []| {
+                sum_slice::<T, LOG_TARGET>(&mut acc, first, xs, ts);
+            },
+        );
         fold_lanes(&acc)
     })
 }
@@ -207,16 +215,15 @@ fn terms_walk<T: Float, const LOG_TARGET: bool>(
     out: Dst<'_, T>,
 ) {
     let len = walk.len();
-    let [sx, st, so] = walk.inner_strides();
     for_each_block(len, |b| {
-        let (lo, hi) = block_range(b, len);
-        let (mut tx, mut tt) = ([T::default(); TILE], [T::default(); TILE]);
-        walk.runs(lo, hi, |r| {
-            let xs = x.run(r.offsets[0], sx, r.len, &mut tx);
-            let ts = t.run(r.offsets[1], st, r.len, &mut tt);
-            out.write(r.offsets[2], so, r.len, |os| {
-                terms_slice::<T, LOG_TARGET>(xs, ts, os)
-            });
-        });
+        for_runs(
+            walk,
+            block_range(b, len),
+            &[x, t],
+            &[out],
+            |_, [xs, ts], [os]| {
+                terms_slice::<T, LOG_TARGET>(xs, ts, os);
+            },
+        );
     });
 }

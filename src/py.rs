@@ -2,7 +2,8 @@
 //!
 //! Thin on purpose: the Python package (`python/kldiv/`) checks arguments, promotes dtypes,
 //! broadcasts and allocates; these functions take same-dtype, aligned, native-order arrays of
-//! any strides, release the GIL, and run the kernels.
+//! any strides (outputs of the broadcast shape), release the GIL, and run the kernels. Each
+//! kernel is exposed once per dtype, as `<name>_f32` and `<name>_f64`.
 
 use numpy::{Element, PyReadonlyArrayDyn, PyReadwriteArrayDyn};
 use pyo3::exceptions::PyValueError;
@@ -10,78 +11,114 @@ use pyo3::prelude::*;
 
 use crate::{Error, Float};
 
+type In<'py, T> = PyReadonlyArrayDyn<'py, T>;
+type Out<'py, T> = PyReadwriteArrayDyn<'py, T>;
+
 fn value_error(e: Error) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
 
+/// The float64 sum of the loss terms.
 fn sum<T: Float + Element>(
     py: Python<'_>,
-    input: PyReadonlyArrayDyn<'_, T>,
-    target: PyReadonlyArrayDyn<'_, T>,
+    x: In<'_, T>,
+    t: In<'_, T>,
     log_target: bool,
 ) -> PyResult<f64> {
-    let (x, t) = (input.as_array(), target.as_array());
+    let (x, t) = (x.as_array(), t.as_array());
     py.detach(|| crate::kl_div_sum(x, t, log_target))
         .map_err(value_error)
 }
 
+/// The loss terms written into `out`.
 fn terms<T: Float + Element>(
     py: Python<'_>,
-    input: PyReadonlyArrayDyn<'_, T>,
-    target: PyReadonlyArrayDyn<'_, T>,
-    mut out: PyReadwriteArrayDyn<'_, T>,
+    x: In<'_, T>,
+    t: In<'_, T>,
+    mut out: Out<'_, T>,
     log_target: bool,
 ) -> PyResult<()> {
-    let (x, t, o) = (input.as_array(), target.as_array(), out.as_array_mut());
+    let (x, t, o) = (x.as_array(), t.as_array(), out.as_array_mut());
     py.detach(|| crate::kl_div_terms_into(x, t, o, log_target))
         .map_err(value_error)
 }
 
-/// Sum of the float32 loss terms, accumulated in float64.
-#[pyfunction]
-fn sum_f32(
+/// Both gradients for `grad_output / divisor`, written into `grad_input` and `grad_target`.
+#[allow(clippy::too_many_arguments)]
+fn backward<T: Float + Element>(
     py: Python<'_>,
-    input: PyReadonlyArrayDyn<'_, f32>,
-    target: PyReadonlyArrayDyn<'_, f32>,
-    log_target: bool,
-) -> PyResult<f64> {
-    sum(py, input, target, log_target)
-}
-
-/// Sum of the float64 loss terms.
-#[pyfunction]
-fn sum_f64(
-    py: Python<'_>,
-    input: PyReadonlyArrayDyn<'_, f64>,
-    target: PyReadonlyArrayDyn<'_, f64>,
-    log_target: bool,
-) -> PyResult<f64> {
-    sum(py, input, target, log_target)
-}
-
-/// Writes the float32 loss terms into `out`.
-#[pyfunction]
-fn terms_f32(
-    py: Python<'_>,
-    input: PyReadonlyArrayDyn<'_, f32>,
-    target: PyReadonlyArrayDyn<'_, f32>,
-    out: PyReadwriteArrayDyn<'_, f32>,
+    grad_output: In<'_, T>,
+    divisor: f64,
+    x: In<'_, T>,
+    t: In<'_, T>,
+    mut grad_input: Out<'_, T>,
+    mut grad_target: Out<'_, T>,
     log_target: bool,
 ) -> PyResult<()> {
-    terms(py, input, target, out, log_target)
+    let (g, x, t) = (grad_output.as_array(), x.as_array(), t.as_array());
+    let (gx, gt) = (grad_input.as_array_mut(), grad_target.as_array_mut());
+    py.detach(|| crate::kl_div_backward_into(g, divisor, x, t, gx, gt, log_target))
+        .map_err(value_error)
 }
 
-/// Writes the float64 loss terms into `out`.
-#[pyfunction]
-fn terms_f64(
+/// The float64 sum of the terms, with the input gradient for `1 / divisor` written in the same
+/// pass.
+fn sum_and_grad<T: Float + Element>(
     py: Python<'_>,
-    input: PyReadonlyArrayDyn<'_, f64>,
-    target: PyReadonlyArrayDyn<'_, f64>,
-    out: PyReadwriteArrayDyn<'_, f64>,
+    x: In<'_, T>,
+    t: In<'_, T>,
+    divisor: f64,
+    mut grad_input: Out<'_, T>,
+    log_target: bool,
+) -> PyResult<f64> {
+    let (x, t, gx) = (x.as_array(), t.as_array(), grad_input.as_array_mut());
+    py.detach(|| crate::grad::fused_sum(x, t, divisor, gx, log_target))
+        .map_err(value_error)
+}
+
+/// The loss terms and the input gradient (for ones) in one pass.
+fn terms_and_grad<T: Float + Element>(
+    py: Python<'_>,
+    x: In<'_, T>,
+    t: In<'_, T>,
+    mut loss: Out<'_, T>,
+    mut grad_input: Out<'_, T>,
     log_target: bool,
 ) -> PyResult<()> {
-    terms(py, input, target, out, log_target)
+    let (x, t) = (x.as_array(), t.as_array());
+    let (l, gx) = (loss.as_array_mut(), grad_input.as_array_mut());
+    py.detach(|| crate::kl_div_terms_and_grad_into(x, t, l, gx, log_target))
+        .map_err(value_error)
 }
+
+/// Defines `<name>_f32` and `<name>_f64` Python functions over one generic helper above.
+macro_rules! per_dtype {
+    ($helper:ident -> $ret:ty, $f32:ident, $f64:ident, ($($arg:ident : $kind:ident),*)) => {
+        per_dtype!(@one $helper -> $ret, $f32, f32, ($($arg : $kind),*));
+        per_dtype!(@one $helper -> $ret, $f64, f64, ($($arg : $kind),*));
+    };
+    (@one $helper:ident -> $ret:ty, $name:ident, $t:ty, ($($arg:ident : $kind:ident),*)) => {
+        #[pyfunction]
+        #[allow(clippy::too_many_arguments)]
+        fn $name<'py>(py: Python<'py>, $($arg: per_dtype!(@ty $kind, $t)),*) -> PyResult<$ret> {
+            $helper::<$t>(py, $($arg),*)
+        }
+    };
+    (@ty In, $t:ty) => { In<'py, $t> };
+    (@ty Out, $t:ty) => { Out<'py, $t> };
+    (@ty f64, $t:ty) => { f64 };
+    (@ty bool, $t:ty) => { bool };
+}
+
+per_dtype!(sum -> f64, sum_f32, sum_f64, (input: In, target: In, log_target: bool));
+per_dtype!(terms -> (), terms_f32, terms_f64, (input: In, target: In, out: Out, log_target: bool));
+per_dtype!(backward -> (), backward_f32, backward_f64,
+    (grad_output: In, divisor: f64, input: In, target: In, grad_input: Out, grad_target: Out,
+     log_target: bool));
+per_dtype!(sum_and_grad -> f64, sum_and_grad_f32, sum_and_grad_f64,
+    (input: In, target: In, divisor: f64, grad_input: Out, log_target: bool));
+per_dtype!(terms_and_grad -> (), terms_and_grad_f32, terms_and_grad_f64,
+    (input: In, target: In, loss: Out, grad_input: Out, log_target: bool));
 
 /// Sets the size of kldiv's thread pool (0: the default).
 #[pyfunction]
@@ -101,6 +138,12 @@ fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sum_f64, m)?)?;
     m.add_function(wrap_pyfunction!(terms_f32, m)?)?;
     m.add_function(wrap_pyfunction!(terms_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(backward_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(backward_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(sum_and_grad_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(sum_and_grad_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(terms_and_grad_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(terms_and_grad_f64, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -25,24 +25,37 @@ pub(crate) fn sum_slice<T: Float, const LOG_TARGET: bool>(
     t: &[T],
 ) {
     debug_assert_eq!(x.len(), t.len());
-    let n = x.len();
+    sum_lanes(acc, first, x.len(), |i| {
+        term::<LOG_TARGET>(x[i].to_f64(), t[i].to_f64())
+    });
+}
+
+/// Adds `value(i)` for `i in 0..n` into `acc`, element `i` into lane `(first + i) % LANES`, in
+/// order of `i` within each lane. Every fused reduction goes through here.
+#[inline(always)]
+pub(crate) fn sum_lanes(
+    acc: &mut Lanes,
+    first: usize,
+    n: usize,
+    mut value: impl FnMut(usize) -> f64,
+) {
     // Head: up to the next multiple of LANES.
     let head = ((LANES - first % LANES) % LANES).min(n);
     for i in 0..head {
-        acc[(first + i) % LANES] += term::<LOG_TARGET>(x[i].to_f64(), t[i].to_f64());
+        acc[(first + i) % LANES] += value(i);
     }
     // Body: whole groups of LANES, element j of a group into lane j.
-    let xb = x[head..].chunks_exact(LANES);
-    let tb = t[head..].chunks_exact(LANES);
-    let (xr, tr) = (xb.remainder(), tb.remainder());
-    for (xc, tc) in xb.zip(tb) {
-        for j in 0..LANES {
-            acc[j] += term::<LOG_TARGET>(xc[j].to_f64(), tc[j].to_f64());
+    let groups = (n - head) / LANES;
+    for g in 0..groups {
+        let base = head + g * LANES;
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a += value(base + j);
         }
     }
     // Tail: lanes 0.. of a last, partial group.
-    for (j, (xi, ti)) in xr.iter().zip(tr).enumerate() {
-        acc[j] += term::<LOG_TARGET>(xi.to_f64(), ti.to_f64());
+    let base = head + groups * LANES;
+    for (j, a) in acc.iter_mut().enumerate().take(n - base) {
+        *a += value(base + j);
     }
 }
 

@@ -33,6 +33,53 @@ pub fn term<const LOG_TARGET: bool>(x: f64, t: f64) -> f64 {
     }
 }
 
+/// `d term / d x` times the incoming gradient `g`, as PyTorch's autograd evaluates it:
+/// `-(g * t)`, or `-(g * exp(t))` with `LOG_TARGET`.
+///
+/// # Example
+/// ```
+/// assert_eq!(kldiv::grad_input::<false>(2.0, 0.25), -0.5);
+/// assert_eq!(kldiv::grad_input::<true>(1.0, 0.0), -1.0);
+/// ```
+#[inline(always)]
+pub fn grad_input<const LOG_TARGET: bool>(g: f64, t: f64) -> f64 {
+    if LOG_TARGET {
+        -(g * t.exp())
+    } else {
+        -(g * t)
+    }
+}
+
+/// `d term / d t` times the incoming gradient `g`, term by term as PyTorch's autograd
+/// evaluates it, so that special values come out the same (NaN at `t = 0`, for example):
+///
+/// - `xlogy(t, t) - t * x`: `g * xlogy(t != 0, t) + (g * t) / t + (-g) * x`
+///   (`XlogyBackward` for both arguments, then `MulBackward`);
+/// - `exp(t) * (t - x)`: `(g * (t - x)) * exp(t) + g * exp(t)`.
+///
+/// # Example
+/// ```
+/// let g = kldiv::grad_target::<false>(1.0, -1.0, 0.5);
+/// assert!((g - (0.5_f64.ln() + 1.0 + 1.0)).abs() < 1e-15);
+/// assert!(kldiv::grad_target::<false>(1.0, -1.0, 0.0).is_nan());
+/// ```
+#[inline(always)]
+pub fn grad_target<const LOG_TARGET: bool>(g: f64, x: f64, t: f64) -> f64 {
+    if LOG_TARGET {
+        let e = t.exp();
+        (g * (t - x)) * e + g * e
+    } else {
+        let xlogy_self_arg = if t.is_nan() {
+            f64::NAN
+        } else if t == 0.0 {
+            0.0
+        } else {
+            t.ln()
+        };
+        g * xlogy_self_arg + (g * t) / t + (-g) * x
+    }
+}
+
 /// `xlogy(t, t)` as PyTorch defines it: NaN for NaN, 0 for 0, `t * ln(t)` otherwise.
 #[inline(always)]
 fn xlogy_self(t: f64) -> f64 {

@@ -240,16 +240,23 @@ pub(crate) struct Dst<'a, T> {
     _view: PhantomData<&'a mut T>,
 }
 
+impl<T> Clone for Dst<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Dst<'_, T> {}
+
 // SAFETY: several threads write through one `Dst` only at distinct logical indices (disjoint
 // blocks), which a mutable view maps to distinct elements; `T: Send` lets values cross threads.
 unsafe impl<T: Send> Send for Dst<'_, T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for Dst<'_, T> {}
 
-impl<'a, T: Copy + Default> Dst<'a, T> {
+impl<'a, T: Copy> Dst<'a, T> {
     /// # Safety
     /// As [`Src::new`], for a mutable view (whose elements never alias one another), and callers
-    /// must never pass the same logical index to [`Dst::write`] from two threads at once.
+    /// must never pass the same logical index to [`Dst::tile`] from two threads at once.
     pub(crate) unsafe fn new(ptr: *mut T) -> Self {
         Dst {
             ptr,
@@ -257,31 +264,76 @@ impl<'a, T: Copy + Default> Dst<'a, T> {
         }
     }
 
-    /// Runs `fill` on a slice for the `len <= TILE` elements of a run and stores it: the memory
-    /// itself when `stride == 1`, else a tile scattered afterwards.
+    /// Where to write the `len <= TILE` elements of a run: the memory itself when
+    /// `stride == 1`, else `tile`, to be stored by [`Dst::flush`].
     #[inline]
-    pub(crate) fn write(
+    fn tile<'b>(
         &self,
         offset: isize,
         stride: isize,
         len: usize,
-        fill: impl FnOnce(&mut [T]),
-    ) {
+        tile: &'b mut [T; TILE],
+    ) -> &'b mut [T]
+    where
+        'a: 'b,
+    {
         debug_assert!(len <= TILE);
         if stride == 1 {
             // SAFETY: the run lies inside the mutable view and is contiguous (contract of
             // `new`); no other thread touches these logical indices, so the slice is unique.
-            fill(unsafe { std::slice::from_raw_parts_mut(self.ptr.offset(offset), len) });
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.offset(offset), len) }
         } else {
-            let mut tile = [T::default(); TILE];
-            fill(&mut tile[..len]);
-            for (i, &v) in tile[..len].iter().enumerate() {
-                // SAFETY: each `offset + i * stride` is a distinct element of the view (a mutable
-                // view has no stride-0 axes), owned by this run alone.
-                unsafe { *self.ptr.offset(offset + i as isize * stride) = v };
-            }
+            &mut tile[..len]
         }
     }
+
+    /// Stores a tile filled through [`Dst::tile`] (nothing to do when `stride == 1`).
+    #[inline]
+    fn flush(&self, offset: isize, stride: isize, tile: &[T]) {
+        if stride == 1 {
+            return;
+        }
+        for (i, &v) in tile.iter().enumerate() {
+            // SAFETY: each `offset + i * stride` is a distinct element of the view (a mutable
+            // view has no stride-0 axes), owned by this run alone.
+            unsafe { *self.ptr.offset(offset + i as isize * stride) = v };
+        }
+    }
+}
+
+/// Calls `f(first, sources, destinations)` on every run of logical indices `lo..hi`: the `R`
+/// sources as slices to read and the `W` destinations as slices to fill. The walk's operands
+/// are the sources, then the destinations (`K == R + W`).
+#[inline]
+pub(crate) fn for_runs<T: Copy + Default, const K: usize, const R: usize, const W: usize>(
+    walk: &Walk<K>,
+    (lo, hi): (usize, usize),
+    srcs: &[Src<'_, T>; R],
+    dsts: &[Dst<'_, T>; W],
+    mut f: impl FnMut(usize, [&[T]; R], [&mut [T]; W]),
+) {
+    assert_eq!(K, R + W, "one stride per operand");
+    let strides = walk.inner_strides();
+    let mut src_tiles = [[T::default(); TILE]; R];
+    let mut dst_tiles = [[T::default(); TILE]; W];
+    walk.runs(lo, hi, |r| {
+        let mut ins = src_tiles
+            .iter_mut()
+            .zip(srcs)
+            .enumerate()
+            .map(|(k, (tile, s))| s.run(r.offsets[k], strides[k], r.len, tile));
+        let ins: [&[T]; R] = std::array::from_fn(|_| ins.next().unwrap());
+        let mut outs = dst_tiles
+            .iter_mut()
+            .zip(dsts)
+            .enumerate()
+            .map(|(k, (tile, d))| d.tile(r.offsets[R + k], strides[R + k], r.len, tile));
+        let outs: [&mut [T]; W] = std::array::from_fn(|_| outs.next().unwrap());
+        f(r.first, ins, outs);
+        for (k, d) in dsts.iter().enumerate() {
+            d.flush(r.offsets[R + k], strides[R + k], &dst_tiles[k][..r.len]);
+        }
+    });
 }
 
 #[cfg(test)]

@@ -5,9 +5,13 @@ use ndarray::{s, Array, Array2, ArrayD, Axis, IxDyn, ShapeBuilder};
 
 /// Deterministic pseudo-random softmax rows (no rand dependency).
 fn softmax_rows(rows: usize, cols: usize, seed: u64, log: bool) -> Array2<f64> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 11) as f64 / (1u64 << 53) as f64) * 6.0 - 3.0
     };
     let mut a = Array2::from_shape_simple_fn((rows, cols), &mut next);
@@ -19,7 +23,10 @@ fn softmax_rows(rows: usize, cols: usize, seed: u64, log: bool) -> Array2<f64> {
 }
 
 fn naive_sum(x: &Array2<f64>, t: &Array2<f64>) -> f64 {
-    x.iter().zip(t).map(|(&xi, &ti)| term::<false>(xi, ti)).sum()
+    x.iter()
+        .zip(t)
+        .map(|(&xi, &ti)| term::<false>(xi, ti))
+        .sum()
 }
 
 #[test]
@@ -50,14 +57,23 @@ fn same_bits_for_every_layout_and_thread_count() {
     xf.assign(&x);
     let mut tf = Array2::<f32>::zeros((rows, cols).f());
     tf.assign(&t);
-    assert_eq!(kl_div_sum(xf.view(), tf.view(), false).unwrap().to_bits(), want.to_bits());
-    assert_eq!(kl_div_sum(xf.view(), t.view(), false).unwrap().to_bits(), want.to_bits());
+    assert_eq!(
+        kl_div_sum(xf.view(), tf.view(), false).unwrap().to_bits(),
+        want.to_bits()
+    );
+    assert_eq!(
+        kl_div_sum(xf.view(), t.view(), false).unwrap().to_bits(),
+        want.to_bits()
+    );
 
     // strided and negative strides
     let mut big = Array2::<f32>::zeros((rows * 2, cols * 3));
     big.slice_mut(s![..;2, ..;3]).assign(&x);
     let strided = big.slice(s![..;2, ..;3]);
-    assert_eq!(kl_div_sum(strided, t.view(), false).unwrap().to_bits(), want.to_bits());
+    assert_eq!(
+        kl_div_sum(strided, t.view(), false).unwrap().to_bits(),
+        want.to_bits()
+    );
     let mut rev = x.clone();
     rev.invert_axis(Axis(0));
     rev.invert_axis(Axis(1));
@@ -65,13 +81,22 @@ fn same_bits_for_every_layout_and_thread_count() {
     let mut back = rev.view();
     back.invert_axis(Axis(0));
     back.invert_axis(Axis(1));
-    assert_eq!(kl_div_sum(back, t.view(), false).unwrap().to_bits(), want.to_bits());
+    assert_eq!(
+        kl_div_sum(back, t.view(), false).unwrap().to_bits(),
+        want.to_bits()
+    );
 
     for n in 1..=4 {
         kldiv::set_num_threads(n);
         assert_eq!(kldiv::get_num_threads(), n);
-        assert_eq!(kl_div_sum(x.view(), t.view(), false).unwrap().to_bits(), want.to_bits());
-        assert_eq!(kl_div_sum(xf.view(), tf.view(), false).unwrap().to_bits(), want.to_bits());
+        assert_eq!(
+            kl_div_sum(x.view(), t.view(), false).unwrap().to_bits(),
+            want.to_bits()
+        );
+        assert_eq!(
+            kl_div_sum(xf.view(), tf.view(), false).unwrap().to_bits(),
+            want.to_bits()
+        );
     }
     kldiv::set_num_threads(0);
 }
@@ -109,13 +134,25 @@ fn zero_dim_empty_and_batchmean_rules() {
     let v = kl_div(x.view(), t.view(), Reduction::BatchMean, false).unwrap();
     assert_eq!(v, term::<false>(-0.7, 0.4));
     let e = Array::<f32, _>::zeros((0, 3));
-    assert_eq!(kl_div(e.view(), e.view(), Reduction::Sum, false).unwrap(), 0.0);
-    assert!(kl_div(e.view(), e.view(), Reduction::Mean, false).unwrap().is_nan());
-    assert!(kl_div(e.view(), e.view(), Reduction::BatchMean, false).unwrap().is_nan());
+    assert_eq!(
+        kl_div(e.view(), e.view(), Reduction::Sum, false).unwrap(),
+        0.0
+    );
+    assert!(kl_div(e.view(), e.view(), Reduction::Mean, false)
+        .unwrap()
+        .is_nan());
+    assert!(kl_div(e.view(), e.view(), Reduction::BatchMean, false)
+        .unwrap()
+        .is_nan());
     let e = Array::<f32, _>::zeros((3, 0));
-    assert_eq!(kl_div(e.view(), e.view(), Reduction::BatchMean, false).unwrap(), 0.0);
+    assert_eq!(
+        kl_div(e.view(), e.view(), Reduction::BatchMean, false).unwrap(),
+        0.0
+    );
     // batchmean divides by input's first dimension, even when the target broadcasts it larger
-    let x1 = softmax_rows(1, 5, 9, true).into_shape_with_order(5).unwrap();
+    let x1 = softmax_rows(1, 5, 9, true)
+        .into_shape_with_order(5)
+        .unwrap();
     let t2 = softmax_rows(4, 5, 10, false);
     let s = kl_div_sum(x1.view(), t2.view(), false).unwrap();
     let bm = kl_div(x1.view(), t2.view(), Reduction::BatchMean, false).unwrap();
@@ -127,9 +164,55 @@ fn errors_name_the_shapes() {
     let x = Array2::<f64>::zeros((2, 3));
     let t = Array2::<f64>::zeros((4, 3));
     let err = kl_div_sum(x.view(), t.view(), false).unwrap_err();
-    assert_eq!(err, Error::Broadcast { input: vec![2, 3], target: vec![4, 3] });
+    assert_eq!(
+        err,
+        Error::Broadcast {
+            input: vec![2, 3],
+            target: vec![4, 3]
+        }
+    );
     let mut out = Array2::<f64>::zeros((3, 2));
     let err = kl_div_terms_into(x.view(), x.view(), out.view_mut(), false).unwrap_err();
-    assert_eq!(err, Error::OutputShape { expected: vec![2, 3], actual: vec![3, 2] });
+    assert_eq!(
+        err,
+        Error::OutputShape {
+            expected: vec![2, 3],
+            actual: vec![3, 2]
+        }
+    );
     assert!(err.to_string().contains("[3, 2]"));
+}
+
+#[test]
+fn fused_loss_and_grad_equal_forward_and_backward() {
+    use kldiv::{kl_div_and_grad, kl_div_backward_into};
+    use ndarray::arr0;
+    let x = softmax_rows(120, 900, 11, true).mapv(|v| v as f32);
+    let t = softmax_rows(120, 900, 12, false).mapv(|v| v as f32);
+    for n in [1, 3] {
+        kldiv::set_num_threads(n);
+        for (reduction, divisor) in [(Reduction::Sum, 1.0), (Reduction::BatchMean, 120.0)] {
+            let (loss, gx) = kl_div_and_grad(x.view(), t.view(), reduction, false).unwrap();
+            assert_eq!(loss, kl_div(x.view(), t.view(), reduction, false).unwrap());
+            let (mut bx, mut bt) = (Array2::zeros((120, 900)), Array2::zeros((120, 900)));
+            kl_div_backward_into(
+                arr0(1.0f32).view(),
+                divisor,
+                x.view(),
+                t.view(),
+                bx.view_mut(),
+                bt.view_mut(),
+                false,
+            )
+            .unwrap();
+            assert_eq!(gx.into_dimensionality().unwrap(), bx);
+            let g = 1.0 / divisor;
+            let want = (x[[5, 7]] as f64, t[[5, 7]] as f64);
+            assert_eq!(
+                bt[[5, 7]],
+                (g * want.1.ln() + (g * want.1) / want.1 - g * want.0) as f32
+            );
+        }
+    }
+    kldiv::set_num_threads(0);
 }

@@ -11,7 +11,16 @@ parallel, with float64 accumulation and the same bits for every thread count and
 """
 
 from ._kldiv import __version__
-from ._loss import REDUCTIONS, KLDivLoss, _check_env, get_num_threads, kl_div, set_num_threads
+from ._loss import (
+    REDUCTIONS,
+    KLDivLoss,
+    _check_env,
+    get_num_threads,
+    kl_div,
+    kl_div_and_grad,
+    kl_div_backward,
+    set_num_threads,
+)
 
 __all__ = [
     "REDUCTIONS",
@@ -19,6 +28,8 @@ __all__ = [
     "__version__",
     "get_num_threads",
     "kl_div",
+    "kl_div_and_grad",
+    "kl_div_backward",
     "set_num_threads",
 ]
 

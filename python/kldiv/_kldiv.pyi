@@ -27,5 +27,51 @@ def terms_f64(
     out: npt.NDArray[np.float64],
     log_target: bool,
 ) -> None: ...
+def backward_f32(
+    grad_output: npt.NDArray[np.float32],
+    divisor: float,
+    input: npt.NDArray[np.float32],
+    target: npt.NDArray[np.float32],
+    grad_input: npt.NDArray[np.float32],
+    grad_target: npt.NDArray[np.float32],
+    log_target: bool,
+) -> None: ...
+def backward_f64(
+    grad_output: npt.NDArray[np.float64],
+    divisor: float,
+    input: npt.NDArray[np.float64],
+    target: npt.NDArray[np.float64],
+    grad_input: npt.NDArray[np.float64],
+    grad_target: npt.NDArray[np.float64],
+    log_target: bool,
+) -> None: ...
+def sum_and_grad_f32(
+    input: npt.NDArray[np.float32],
+    target: npt.NDArray[np.float32],
+    divisor: float,
+    grad_input: npt.NDArray[np.float32],
+    log_target: bool,
+) -> float: ...
+def sum_and_grad_f64(
+    input: npt.NDArray[np.float64],
+    target: npt.NDArray[np.float64],
+    divisor: float,
+    grad_input: npt.NDArray[np.float64],
+    log_target: bool,
+) -> float: ...
+def terms_and_grad_f32(
+    input: npt.NDArray[np.float32],
+    target: npt.NDArray[np.float32],
+    loss: npt.NDArray[np.float32],
+    grad_input: npt.NDArray[np.float32],
+    log_target: bool,
+) -> None: ...
+def terms_and_grad_f64(
+    input: npt.NDArray[np.float64],
+    target: npt.NDArray[np.float64],
+    loss: npt.NDArray[np.float64],
+    grad_input: npt.NDArray[np.float64],
+    log_target: bool,
+) -> None: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...

@@ -6,6 +6,7 @@ into the arrays the kernels take, and the kernels' float64 sums into PyTorch's r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -26,10 +27,6 @@ _MEAN_WARNING = (
     "size: it is not the KL divergence. Use reduction='batchmean' for the mathematical "
     "definition ('mean' is kept for parity with PyTorch and R torch)."
 )
-_KERNELS = {
-    np.dtype(np.float32): (_kldiv.sum_f32, _kldiv.terms_f32),
-    np.dtype(np.float64): (_kldiv.sum_f64, _kldiv.terms_f64),
-}
 
 
 def kl_div(
@@ -37,6 +34,8 @@ def kl_div(
     target: npt.ArrayLike,
     reduction: Reduction = "mean",
     log_target: bool = False,
+    *,
+    out: npt.NDArray[np.floating[Any]] | None = None,
 ) -> Result:
     r"""Kullback-Leibler divergence loss, exactly as ``torch.nn.functional.kl_div``.
 
@@ -69,18 +68,22 @@ def kl_div(
         saying so. Use ``"batchmean"``.
     log_target : bool, default False
         Whether ``target`` holds log-probabilities.
+    out : numpy.ndarray, optional
+        For ``reduction="none"`` only: where to write :math:`L` (the broadcast shape and the
+        result dtype, writable, not overlapping the inputs; any strides).
 
     Returns
     -------
     numpy.ndarray or numpy scalar
-        ``"none"``: an array of the broadcast shape. Otherwise a NumPy scalar. The dtype is
-        ``numpy.result_type(input, target)`` (float16, float32 or float64); float16 is
-        computed in float32, and every sum is accumulated in float64 and rounded once.
+        ``"none"``: an array of the broadcast shape (``out`` if given). Otherwise a NumPy
+        scalar. The dtype is ``numpy.result_type(input, target)`` (float16, float32 or
+        float64); float16 is computed in float32, and every sum is accumulated in float64
+        and rounded once.
 
     Raises
     ------
     ValueError
-        Unknown ``reduction``, or shapes that do not broadcast.
+        Unknown ``reduction``, shapes that do not broadcast, or an unusable ``out``.
     TypeError
         A dtype that is not float16/32/64, an object NumPy cannot turn into an array, or a
         non-bool ``log_target``.
@@ -93,7 +96,154 @@ def kl_div(
     >>> float(kldiv.kl_div(x, t, reduction="batchmean"))  # doctest: +ELLIPSIS
     0.1438...
     """
-    return _kl_div(input, target, reduction, log_target, stacklevel=3)
+    return _kl_div(input, target, reduction, log_target, out, stacklevel=3)
+
+
+def kl_div_backward(
+    grad_output: npt.ArrayLike,
+    input: npt.ArrayLike,
+    target: npt.ArrayLike,
+    reduction: Reduction = "mean",
+    log_target: bool = False,
+    *,
+    out: tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]]] | None = None,
+) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.floating[Any]]]:
+    r"""Gradients of :func:`kl_div` with respect to ``input`` and ``target``, as PyTorch's
+    autograd computes them.
+
+    With :math:`g` = ``grad_output`` divided by the reduction's divisor (1 for ``"sum"`` and
+    ``"none"``, ``L.size`` for ``"mean"``, ``input.shape[0]`` for ``"batchmean"``):
+
+    ========== ======================== ==========================================
+    log_target :math:`\partial/\partial x` :math:`\partial/\partial t`
+    ========== ======================== ==========================================
+    False      :math:`-g\,t`             :math:`g\,(\log t + 1 - x)`
+    True       :math:`-g\,e^{t}`         :math:`g\,e^{t}\,(t - x + 1)`
+    ========== ======================== ==========================================
+
+    evaluated term by term as autograd does, so special values match PyTorch (the target
+    gradient is NaN at :math:`t = 0`, for example). Gradients of broadcast arguments are
+    summed back to their own shapes.
+
+    Parameters
+    ----------
+    grad_output : array_like
+        The incoming gradient: a scalar for the reducing modes, an array broadcastable to
+        the loss's shape for ``"none"``.
+    input, target, reduction, log_target
+        As for :func:`kl_div`.
+    out : (numpy.ndarray, numpy.ndarray), optional
+        Where to write ``(grad_input, grad_target)``: the shapes and dtypes of ``input`` and
+        ``target``, writable, not overlapping the inputs.
+
+    Returns
+    -------
+    grad_input, grad_target : numpy.ndarray
+        Shaped like ``input`` and ``target``, each in its argument's dtype (as autograd).
+    """
+    check_options(reduction, log_target)
+    p = _prepare(input, target)
+    g = _grad_output(grad_output, reduction, p)
+    if out is not None and (not isinstance(out, tuple) or len(out) != 2):
+        raise TypeError("out must be a tuple (grad_input, grad_target) of two arrays")
+    gx, gt = out if out is not None else (None, None)
+    if out is not None:
+        _check_out(gx, p.x_shape, p.x_dtype, "out[0]", p)
+        _check_out(gt, p.t_shape, p.t_dtype, "out[1]", p)
+    gx_full = _full(gx, p, p.x_shape, p.x_dtype)
+    gt_full = _full(gt, p, p.t_shape, p.t_dtype)
+    divisor = _divisor(reduction, p)
+    p.kernel("backward")(g, divisor, p.x, p.t, gx_full, gt_full, bool(log_target))
+    return (
+        _reduce_to(gx_full, p.x_shape, p.x_dtype, gx),
+        _reduce_to(gt_full, p.t_shape, p.t_dtype, gt),
+    )
+
+
+def kl_div_and_grad(
+    input: npt.ArrayLike,
+    target: npt.ArrayLike,
+    reduction: Reduction = "mean",
+    log_target: bool = False,
+    *,
+    out: npt.NDArray[np.floating[Any]] | None = None,
+) -> tuple[Result, npt.NDArray[np.floating[Any]]]:
+    r"""The loss and its gradient with respect to ``input``, in one pass over the data.
+
+    The same as ``(kl_div(input, target, reduction, log_target),
+    kl_div_backward(1.0, input, target, reduction, log_target)[0])`` (with ones as
+    ``grad_output`` for ``"none"``), but each element is read once: its term is added to
+    the sum and its gradient :math:`-t / d` (:math:`-e^{t} / d` with ``log_target``; :math:`d`
+    the reduction's divisor) written in the same loop. This is a training step's hot path.
+
+    Parameters
+    ----------
+    input, target, reduction, log_target
+        As for :func:`kl_div` (``"mean"`` warns the same way).
+    out : numpy.ndarray, optional
+        Where to write the gradient (``input``'s shape and dtype, writable, not overlapping
+        the inputs; any strides).
+
+    Returns
+    -------
+    loss : numpy scalar or numpy.ndarray
+        As :func:`kl_div` returns it.
+    grad_input : numpy.ndarray
+        Shaped like ``input``, in its dtype.
+    """
+    check_options(reduction, log_target)
+    if reduction == "mean":
+        warnings.warn(_MEAN_WARNING, UserWarning, stacklevel=2)
+    p = _prepare(input, target)
+    if out is not None:
+        _check_out(out, p.x_shape, p.x_dtype, "out", p)
+    gx_full = _full(out, p, p.x_shape, p.x_dtype)
+    if reduction == "none":
+        loss = np.empty(p.shape, dtype=p.compute)
+        p.kernel("terms_and_grad")(p.x, p.t, loss, gx_full, bool(log_target))
+        value: Result = loss.astype(p.result, copy=False)
+    else:
+        divisor = _divisor(reduction, p)
+        s = p.kernel("sum_and_grad")(p.x, p.t, divisor, gx_full, bool(log_target))
+        value = _scalar(s, divisor, p.result)
+    return value, _reduce_to(gx_full, p.x_shape, p.x_dtype, out)
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """Two arguments made ready for the kernels, with what the results need."""
+
+    x: npt.NDArray[Any]  # input, in the compute dtype, native, aligned
+    t: npt.NDArray[Any]  # target, likewise
+    x_shape: tuple[int, ...]
+    t_shape: tuple[int, ...]
+    x_dtype: np.dtype[Any]  # the arguments' own dtypes (gradients come back in them)
+    t_dtype: np.dtype[Any]
+    shape: tuple[int, ...]  # the broadcast shape of the loss
+    result: np.dtype[Any]  # numpy.result_type of the two
+    compute: np.dtype[Any]  # float32 or float64
+
+    def kernel(self, name: str) -> Any:
+        return getattr(_kldiv, f"{name}_{'f32' if self.compute == np.float32 else 'f64'}")
+
+
+def _prepare(input: npt.ArrayLike, target: npt.ArrayLike) -> _Prepared:
+    x = _as_float_array(input, "input")
+    t = _as_float_array(target, "target")
+    shape = _broadcast_shape(x, t)
+    result = np.result_type(x.dtype, t.dtype).newbyteorder("=")
+    compute = np.dtype(np.float32) if result == np.float16 else result
+    return _Prepared(
+        x=_for_kernel(x, compute),
+        t=_for_kernel(t, compute),
+        x_shape=x.shape,
+        t_shape=t.shape,
+        x_dtype=x.dtype.newbyteorder("="),
+        t_dtype=t.dtype.newbyteorder("="),
+        shape=shape,
+        result=result,
+        compute=compute,
+    )
 
 
 def _kl_div(
@@ -101,36 +251,122 @@ def _kl_div(
     target: npt.ArrayLike,
     reduction: str,
     log_target: bool,
+    out: npt.NDArray[Any] | None,
     stacklevel: int,
 ) -> Result:
     check_options(reduction, log_target)
-    x = _as_float_array(input, "input")
-    t = _as_float_array(target, "target")
-    shape = _broadcast_shape(x, t)
-    result_dtype = np.result_type(x.dtype, t.dtype).newbyteorder("=")
-    compute = np.dtype(np.float32) if result_dtype == np.float16 else result_dtype
-    x, t = _for_kernel(x, compute), _for_kernel(t, compute)
-    total, terms = _KERNELS[compute]
+    if out is not None and reduction != "none":
+        raise ValueError(f"out= is for reduction='none' only, not {reduction!r}")
+    p = _prepare(input, target)
 
     if reduction == "none":
-        out = np.empty(shape, dtype=compute)
-        terms(x, t, out, bool(log_target))
-        return out.astype(result_dtype, copy=False)
+        if out is not None:
+            _check_out(out, p.shape, p.result, "out", p)
+        dest = out if out is not None and p.result == p.compute else np.empty(p.shape, p.compute)
+        p.kernel("terms")(p.x, p.t, dest, bool(log_target))
+        if dest is out:
+            return out
+        if out is not None:
+            out[...] = dest
+            return out
+        return dest.astype(p.result, copy=False)
 
     if reduction == "mean":
         warnings.warn(_MEAN_WARNING, UserWarning, stacklevel=stacklevel)
-    s = total(x, t, bool(log_target))
-    if reduction == "sum":
-        value = s
-    elif reduction == "mean":
-        value = _divide(s, math.prod(shape))
-    else:  # batchmean: input's own first dimension, as PyTorch does
-        value = s if x.ndim == 0 else _divide(s, x.shape[0])
+    s = p.kernel("sum")(p.x, p.t, bool(log_target))
+    return _scalar(s, _divisor(reduction, p), p.result)
+
+
+def _divisor(reduction: str, p: _Prepared) -> float:
+    """What the reduction divides the sum by (1 for "sum" and "none")."""
+    if reduction == "mean":
+        return float(math.prod(p.shape))
+    if reduction == "batchmean" and p.x_shape:
+        return float(p.x_shape[0])  # input's own first dimension, as PyTorch does
+    return 1.0
+
+
+def _scalar(s: float, divisor: float, dtype: np.dtype[Any]) -> np.floating[Any]:
+    """The float64 sum divided and rounded once to ``dtype``."""
+    value = s if divisor == 1.0 else _divide(s, divisor)
     with np.errstate(over="ignore"):  # a sum beyond the dtype's range is +-inf, as in PyTorch
-        return result_dtype.type(value)
+        return dtype.type(value)
 
 
-def _divide(s: float, n: int) -> float:
+def _grad_output(grad_output: npt.ArrayLike, reduction: str, p: _Prepared) -> npt.NDArray[Any]:
+    try:
+        g = np.asarray(grad_output)
+    except Exception as e:
+        raise TypeError(f"grad_output cannot be converted to an array: {e}") from e
+    if g.dtype.kind not in "fiu":
+        raise TypeError(f"grad_output has dtype {g.dtype}; it must be a real number or array")
+    if reduction != "none" and g.shape != ():
+        raise ValueError(
+            f"grad_output must be a scalar for reduction={reduction!r}, got shape {g.shape}"
+        )
+    if reduction == "none":
+        try:
+            fits = np.broadcast_shapes(g.shape, p.shape) == p.shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"grad_output of shape {g.shape} does not broadcast to the loss's shape {p.shape}"
+            )
+    return _for_kernel(g, p.compute)
+
+
+def _full(
+    out: npt.NDArray[Any] | None, p: _Prepared, shape: tuple[int, ...], dtype: np.dtype[Any]
+) -> npt.NDArray[Any]:
+    """Where a kernel writes a gradient of the loss's shape: ``out`` itself when it has that
+    shape and the compute dtype, else a new array."""
+    if out is not None and shape == p.shape and dtype == p.compute:
+        return out
+    return np.empty(p.shape, dtype=p.compute)
+
+
+def _reduce_to(
+    g: npt.NDArray[Any],
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    out: npt.NDArray[Any] | None,
+) -> npt.NDArray[Any]:
+    """A gradient of the loss's shape summed over the axes its argument was broadcast along,
+    in the argument's dtype (into ``out`` if given)."""
+    if g is out:
+        return out
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
+    )
+    if axes:
+        g = g.sum(axis=axes).reshape(shape)
+    if out is not None:
+        out[...] = g
+        return out
+    return g.astype(dtype, copy=False)
+
+
+def _check_out(
+    out: object, shape: tuple[int, ...], dtype: np.dtype[Any], name: str, p: _Prepared
+) -> None:
+    """Raises a clear error for an ``out`` array the result cannot be written into."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"{name} has shape {out.shape}; the result has shape {shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} has dtype {out.dtype}; the result has dtype {dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    if not out.flags.aligned:
+        raise ValueError(f"{name} is not aligned")
+    if any(np.may_share_memory(out, a) for a in (p.x, p.t)):
+        raise ValueError(f"{name} overlaps an input; pass a separate array")
+
+
+def _divide(s: float, n: float) -> float:
     """``s / n`` with IEEE semantics for ``n == 0`` (0/0 is NaN), without a warning."""
     if n == 0:
         return math.nan if s == 0 or math.isnan(s) else math.copysign(math.inf, s)
@@ -205,7 +441,7 @@ class KLDivLoss:
         self.log_target: bool = bool(log_target)
 
     def __call__(self, input: npt.ArrayLike, target: npt.ArrayLike) -> Result:
-        return _kl_div(input, target, self.reduction, self.log_target, stacklevel=3)
+        return _kl_div(input, target, self.reduction, self.log_target, None, stacklevel=3)
 
     def __repr__(self) -> str:
         return f"KLDivLoss(reduction={self.reduction!r}, log_target={self.log_target})"
