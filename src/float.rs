@@ -2,7 +2,8 @@
 
 /// A floating-point element type that kldiv computes on (`f32` or `f64`).
 ///
-/// Every kernel evaluates its formula in `f64` and accumulates in `f64`; an `f32` result is
+/// `log` and `exp` are evaluated in the element type's precision, as PyTorch does; the rest of
+/// each formula is evaluated in `f64`, sums are accumulated in `f64`, and an `f32` result is
 /// rounded once, at the end. This trait is sealed: it is implemented for `f32` and `f64` only.
 ///
 /// # Example
@@ -17,6 +18,11 @@ pub trait Float:
     fn to_f64(self) -> f64;
     /// Rounds an `f64` to this type (round to nearest even, as `as` does).
     fn from_f64(v: f64) -> Self;
+    /// The natural logarithm in this type's precision ([`crate::math::ln_f32`] or
+    /// [`crate::math::ln_f64`]).
+    fn ln(self) -> Self;
+    /// `e^self` in this type's precision ([`crate::math::exp_f32`] or [`crate::math::exp_f64`]).
+    fn exp(self) -> Self;
 }
 
 impl Float for f32 {
@@ -28,6 +34,14 @@ impl Float for f32 {
     fn from_f64(v: f64) -> Self {
         v as f32
     }
+    #[inline(always)]
+    fn ln(self) -> Self {
+        crate::math::ln_f32(self)
+    }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        crate::math::exp_f32(self)
+    }
 }
 
 impl Float for f64 {
@@ -38,6 +52,14 @@ impl Float for f64 {
     #[inline(always)]
     fn from_f64(v: f64) -> Self {
         v
+    }
+    #[inline(always)]
+    fn ln(self) -> Self {
+        crate::math::ln_f64(self)
+    }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        crate::math::exp_f64(self)
     }
 }
 

@@ -12,8 +12,9 @@ use crate::error::Error;
 use crate::float::Float;
 use crate::loss::{common_shape, divisor, Reduction};
 use crate::parallel::{block_range, for_each_block, tree_sum};
-use crate::reduce::{fold_lanes, sum_lanes, LANES};
-use crate::terms::{grad_input, grad_target, term};
+use crate::reduce::{add_lanes, fold_lanes, Lanes, Scratch, LANES};
+use crate::simd::{dispatch, Kernel};
+use crate::terms::{grad_input_with, grad_target_with, term_with, transcendental_slice};
 use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Walk};
 
 /// Both gradients of the loss for an incoming gradient `grad_output`, as PyTorch's autograd
@@ -100,11 +101,15 @@ where
             &srcs,
             &dsts,
             |_, [g, x, t], [gx, gt]| {
-                if log_target {
-                    backward_slice::<T, true>(g, divisor, x, t, gx, gt)
-                } else {
-                    backward_slice::<T, false>(g, divisor, x, t, gx, gt)
-                }
+                dispatch(Backward {
+                    g,
+                    divisor,
+                    x,
+                    t,
+                    gx,
+                    gt,
+                    log_target,
+                })
             },
         )
     };
@@ -186,7 +191,7 @@ pub fn kl_div_and_grad<T: Float, D1: Dimension, D2: Dimension>(
 /// let (mut loss, mut gx) = (Array1::zeros(2), Array1::zeros(2));
 /// kldiv::kl_div_terms_and_grad_into(x.view(), t.view(), loss.view_mut(), gx.view_mut(), false).unwrap();
 /// assert_eq!(gx, array![-0.5, -0.25]);
-/// assert_eq!(loss[0], kldiv::term::<false>(-1.0, 0.5));
+/// assert_eq!(loss[0], kldiv::term::<false, f64>(-1.0, 0.5));
 /// ```
 pub fn kl_div_terms_and_grad_into<T, D1, D2, D3, D4>(
     input: ArrayView<'_, T, D1>,
@@ -231,12 +236,14 @@ where
             block_range(b, len),
             &srcs,
             &dsts,
-            |_, [x, t], [l, gx]| {
-                if log_target {
-                    terms_and_grad_slice::<T, true>(x, t, l, gx)
-                } else {
-                    terms_and_grad_slice::<T, false>(x, t, l, gx)
-                }
+            |_, [x, t], [loss, gx]| {
+                dispatch(TermsAndGrad {
+                    x,
+                    t,
+                    loss,
+                    gx,
+                    log_target,
+                })
             },
         )
     });
@@ -272,17 +279,23 @@ pub(crate) fn fused_sum<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
     let len = walk.len();
     Ok(tree_sum(len, |b| {
         let mut acc = [0.0; LANES];
+        let mut scratch = Scratch::new();
         for_runs(
             &walk,
             block_range(b, len),
             &srcs,
             &dsts,
             |first, [x, t], [gx]| {
-                if log_target {
-                    fused_sum_slice::<T, true>(&mut acc, first, g, x, t, gx)
-                } else {
-                    fused_sum_slice::<T, false>(&mut acc, first, g, x, t, gx)
-                }
+                dispatch(FusedSum {
+                    scratch: &mut scratch,
+                    acc: &mut acc,
+                    first,
+                    g,
+                    x,
+                    t,
+                    gx,
+                    log_target,
+                })
             },
         );
         fold_lanes(&acc)
@@ -300,49 +313,115 @@ fn check_output(shape: &[usize], actual: &[usize]) -> Result<(), Error> {
     }
 }
 
-#[inline]
-fn backward_slice<T: Float, const LOG_TARGET: bool>(
-    g: &[T],
-    divisor: f64,
-    x: &[T],
-    t: &[T],
-    gx: &mut [T],
-    gt: &mut [T],
-) {
-    for i in 0..x.len() {
-        let gi = g[i].to_f64() / divisor;
-        let (xi, ti) = (x[i].to_f64(), t[i].to_f64());
-        gx[i] = T::from_f64(grad_input::<LOG_TARGET>(gi, ti));
-        gt[i] = T::from_f64(grad_target::<LOG_TARGET>(gi, xi, ti));
+#[inline(always)]
+fn backward_slice<const LOG_TARGET: bool, T: Float>(k: Backward<'_, T>) {
+    // The transcendentals first, in place in `gt` (T's full SIMD width), then the rest.
+    transcendental_slice::<LOG_TARGET, T>(k.t, k.gt);
+    let it =
+        k.x.iter()
+            .zip(k.t)
+            .zip(k.g)
+            .zip(k.gx.iter_mut().zip(k.gt.iter_mut()));
+    for (((&x, &t), &g), (gx, gt)) in it {
+        let (g, tr) = (g.to_f64() / k.divisor, *gt);
+        *gx = T::from_f64(grad_input_with::<LOG_TARGET, T>(g, t, tr));
+        *gt = T::from_f64(grad_target_with::<LOG_TARGET, T>(g, x, t, tr));
     }
 }
 
-#[inline]
-fn fused_sum_slice<T: Float, const LOG_TARGET: bool>(
-    acc: &mut [f64; LANES],
-    first: usize,
-    g: f64,
-    x: &[T],
-    t: &[T],
-    gx: &mut [T],
-) {
-    sum_lanes(acc, first, x.len(), |i| {
-        let (xi, ti) = (x[i].to_f64(), t[i].to_f64());
-        gx[i] = T::from_f64(grad_input::<LOG_TARGET>(g, ti));
-        term::<LOG_TARGET>(xi, ti)
-    });
+/// Both gradients of a run, for `grad_output / divisor`.
+struct Backward<'a, T> {
+    g: &'a [T],
+    divisor: f64,
+    x: &'a [T],
+    t: &'a [T],
+    gx: &'a mut [T],
+    gt: &'a mut [T],
+    log_target: bool,
 }
 
-#[inline]
-fn terms_and_grad_slice<T: Float, const LOG_TARGET: bool>(
-    x: &[T],
-    t: &[T],
-    loss: &mut [T],
-    gx: &mut [T],
-) {
-    for i in 0..x.len() {
-        let (xi, ti) = (x[i].to_f64(), t[i].to_f64());
-        loss[i] = T::from_f64(term::<LOG_TARGET>(xi, ti));
-        gx[i] = T::from_f64(grad_input::<LOG_TARGET>(1.0, ti));
+impl<T: Float> Kernel for Backward<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        if self.log_target {
+            backward_slice::<true, T>(self)
+        } else {
+            backward_slice::<false, T>(self)
+        }
+    }
+}
+
+#[inline(always)]
+fn fused_sum_slice<const LOG_TARGET: bool, T: Float>(k: FusedSum<'_, T>) {
+    let n = k.x.len();
+    let tr = &mut k.scratch.tr[..n];
+    transcendental_slice::<LOG_TARGET, T>(k.t, tr);
+    let terms = &mut k.scratch.terms[..n];
+    let it = terms
+        .iter_mut()
+        .zip(k.gx.iter_mut())
+        .zip(k.x)
+        .zip(k.t)
+        .zip(tr.iter());
+    for ((((v, gx), &x), &t), &tr) in it {
+        *gx = T::from_f64(grad_input_with::<LOG_TARGET, T>(k.g, t, tr));
+        *v = term_with::<LOG_TARGET, T>(x, t, tr);
+    }
+    add_lanes(k.acc, k.first, terms);
+}
+
+/// The terms of a run added to the lanes, and the input gradient for `g` written.
+struct FusedSum<'a, T> {
+    scratch: &'a mut Scratch<T>,
+    acc: &'a mut Lanes,
+    first: usize,
+    g: f64,
+    x: &'a [T],
+    t: &'a [T],
+    gx: &'a mut [T],
+    log_target: bool,
+}
+
+impl<T: Float> Kernel for FusedSum<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        if self.log_target {
+            fused_sum_slice::<true, T>(self)
+        } else {
+            fused_sum_slice::<false, T>(self)
+        }
+    }
+}
+
+#[inline(always)]
+fn terms_and_grad_slice<const LOG_TARGET: bool, T: Float>(k: TermsAndGrad<'_, T>) {
+    transcendental_slice::<LOG_TARGET, T>(k.t, k.gx);
+    for (((l, gx), &x), &t) in k.loss.iter_mut().zip(k.gx.iter_mut()).zip(k.x).zip(k.t) {
+        let tr = *gx;
+        *l = T::from_f64(term_with::<LOG_TARGET, T>(x, t, tr));
+        *gx = T::from_f64(grad_input_with::<LOG_TARGET, T>(1.0, t, tr));
+    }
+}
+
+/// The terms of a run and the input gradient for ones.
+struct TermsAndGrad<'a, T> {
+    x: &'a [T],
+    t: &'a [T],
+    loss: &'a mut [T],
+    gx: &'a mut [T],
+    log_target: bool,
+}
+
+impl<T: Float> Kernel for TermsAndGrad<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        if self.log_target {
+            terms_and_grad_slice::<true, T>(self)
+        } else {
+            terms_and_grad_slice::<false, T>(self)
+        }
     }
 }

@@ -33,8 +33,10 @@ mod error;
 mod float;
 mod grad;
 mod loss;
+pub mod math;
 mod parallel;
 mod reduce;
+mod simd;
 mod terms;
 mod walk;
 
@@ -48,4 +50,5 @@ pub use grad::{
 };
 pub use loss::{kl_div, kl_div_sum, kl_div_terms, kl_div_terms_into, Reduction};
 pub use parallel::{get_num_threads, set_num_threads};
+pub use simd::{detected_simd_level, set_simd_level, simd_level, SimdLevel};
 pub use terms::{grad_input, grad_target, term};

@@ -6,8 +6,9 @@ use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 use crate::error::Error;
 use crate::float::Float;
 use crate::parallel::{block_range, for_each_block, tree_sum};
-use crate::reduce::{fold_lanes, sum_slice, LANES};
-use crate::terms::terms_slice;
+use crate::reduce::{fold_lanes, Scratch, Sum, LANES};
+use crate::simd::dispatch;
+use crate::terms::Terms;
 use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Walk};
 
 /// How the loss terms are reduced to one number (PyTorch's `reduction` argument, less `"none"`,
@@ -58,11 +59,7 @@ pub fn kl_div_sum<T: Float, D1: Dimension, D2: Dimension>(
     // SAFETY: both pointers address logical index 0 of views borrowed for this call, and
     // `walk` was built from those views' shapes and strides broadcast to `shape`.
     let (x, t) = unsafe { (Src::new(input.as_ptr()), Src::new(target.as_ptr())) };
-    Ok(if log_target {
-        sum_walk::<T, true>(&walk, x, t)
-    } else {
-        sum_walk::<T, false>(&walk, x, t)
-    })
+    Ok(sum_walk(&walk, x, t, log_target))
 }
 
 /// The reduced loss, PyTorch's `kl_div(input, target, reduction, log_target)`, rounded once to
@@ -104,7 +101,7 @@ pub fn kl_div<T: Float, D1: Dimension, D2: Dimension>(
 /// let t = array![0.5_f64];
 /// let mut out = Array1::zeros(2);
 /// kldiv::kl_div_terms_into(x.view(), t.view(), out.view_mut(), false).unwrap();
-/// assert_eq!(out[1], kldiv::term::<false>(-2.0, 0.5));
+/// assert_eq!(out[1], kldiv::term::<false, f64>(-2.0, 0.5));
 /// ```
 pub fn kl_div_terms_into<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
     input: ArrayView<'_, T, D1>,
@@ -137,11 +134,7 @@ pub fn kl_div_terms_into<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
             Dst::new(out.as_mut_ptr()),
         )
     };
-    if log_target {
-        terms_walk::<T, true>(&walk, x, t, o);
-    } else {
-        terms_walk::<T, false>(&walk, x, t, o);
-    }
+    terms_walk(&walk, x, t, o, log_target);
     Ok(())
 }
 
@@ -191,28 +184,37 @@ pub(crate) fn common_shape(input: &[usize], target: &[usize]) -> Result<Vec<usiz
     })
 }
 
-fn sum_walk<T: Float, const LOG_TARGET: bool>(walk: &Walk<2>, x: Src<'_, T>, t: Src<'_, T>) -> f64 {
+fn sum_walk<T: Float>(walk: &Walk<2>, x: Src<'_, T>, t: Src<'_, T>, log_target: bool) -> f64 {
     let len = walk.len();
     tree_sum(len, |b| {
         let mut acc = [0.0; LANES];
+        let mut scratch = Scratch::new();
         for_runs(
             walk,
             block_range(b, len),
             &[x, t],
             &[],
-            |first, [xs, ts], []| {
-                sum_slice::<T, LOG_TARGET>(&mut acc, first, xs, ts);
+            |first, [x, t], []| {
+                dispatch(Sum {
+                    scratch: &mut scratch,
+                    acc: &mut acc,
+                    first,
+                    x,
+                    t,
+                    log_target,
+                })
             },
         );
         fold_lanes(&acc)
     })
 }
 
-fn terms_walk<T: Float, const LOG_TARGET: bool>(
+fn terms_walk<T: Float>(
     walk: &Walk<3>,
     x: Src<'_, T>,
     t: Src<'_, T>,
     out: Dst<'_, T>,
+    log_target: bool,
 ) {
     let len = walk.len();
     for_each_block(len, |b| {
@@ -221,8 +223,13 @@ fn terms_walk<T: Float, const LOG_TARGET: bool>(
             block_range(b, len),
             &[x, t],
             &[out],
-            |_, [xs, ts], [os]| {
-                terms_slice::<T, LOG_TARGET>(xs, ts, os);
+            |_, [x, t], [out]| {
+                dispatch(Terms {
+                    x,
+                    t,
+                    out,
+                    log_target,
+                })
             },
         );
     });

@@ -1,4 +1,5 @@
-//! The formula: one element of PyTorch's `kl_div`, and the kernel that writes the unreduced terms.
+//! The formula: one element of PyTorch's `kl_div` and its derivatives, and the elementwise
+//! kernels that write them.
 //!
 //! PyTorch, `aten/src/ATen/native/Loss.cpp`, `kl_div`:
 //!
@@ -9,27 +10,49 @@
 //!
 //! `xlogy(t, t)` is NaN where `t` is NaN, 0 where `t == 0`, `t * log(t)` elsewhere (NaN for
 //! `t < 0`). Every IEEE special value follows from these expressions, so they are evaluated
-//! literally, in `f64` (an `f32` term is rounded once, at the end).
+//! literally: `log t` and `exp t` in the element type's precision (as PyTorch does), the
+//! products and differences in `f64`, rounded once to the element type.
 
 use crate::float::Float;
+use crate::simd::Kernel;
 
-/// One unreduced term `t * (log t - x)`, written as PyTorch writes it (see the module docs).
-///
-/// `LOG_TARGET` selects the `log_target=True` form `exp(t) * (t - x)`.
+/// One unreduced term `t * (log t - x)`, written as PyTorch writes it (see the module docs),
+/// in `f64`. `LOG_TARGET` selects the `log_target=True` form `exp(t) * (t - x)`.
 ///
 /// # Example
 /// ```
-/// let v = kldiv::term::<false>(-1.0, 0.5);
+/// let v = kldiv::term::<false, f64>(-1.0, 0.5);
 /// assert!((v - (0.5 * 0.5_f64.ln() + 0.5)).abs() < 1e-15);
-/// assert_eq!(kldiv::term::<false>(f64::NEG_INFINITY, 0.0).is_nan(), true); // 0 - 0 * -inf
-/// assert_eq!(kldiv::term::<false>(-3.0, 0.0), 0.0);
+/// assert!(kldiv::term::<false, f64>(f64::NEG_INFINITY, 0.0).is_nan()); // 0 - 0 * -inf
+/// assert_eq!(kldiv::term::<false, f32>(-3.0, 0.0), 0.0);
 /// ```
 #[inline(always)]
-pub fn term<const LOG_TARGET: bool>(x: f64, t: f64) -> f64 {
+pub fn term<const LOG_TARGET: bool, T: Float>(x: T, t: T) -> f64 {
+    term_with::<LOG_TARGET, T>(x, t, transcendental::<LOG_TARGET, T>(t))
+}
+
+/// The one transcendental function of a term, in `T`'s precision: `ln t`, or `exp t` with
+/// `LOG_TARGET`. Kernels compute it over a whole run first (in `T`'s SIMD width), then the
+/// rest of the formula in `f64` ([`term_with`], [`grad_input_with`], [`grad_target_with`]).
+#[inline(always)]
+pub(crate) fn transcendental<const LOG_TARGET: bool, T: Float>(t: T) -> T {
     if LOG_TARGET {
-        t.exp() * (t - x)
+        t.exp()
     } else {
-        xlogy_self(t) - t * x
+        t.ln()
+    }
+}
+
+/// [`term`] given `tr = transcendental(t)`.
+#[inline(always)]
+pub(crate) fn term_with<const LOG_TARGET: bool, T: Float>(x: T, t: T, tr: T) -> f64 {
+    let (x64, t64, tr64) = (x.to_f64(), t.to_f64(), tr.to_f64());
+    if LOG_TARGET {
+        tr64 * (t64 - x64)
+    } else {
+        // xlogy(t, t): NaN for NaN (and negative) t, 0 for 0, t * ln(t) elsewhere.
+        let xlogy = if t64 == 0.0 { 0.0 } else { t64 * tr64 };
+        xlogy - t64 * x64
     }
 }
 
@@ -38,15 +61,21 @@ pub fn term<const LOG_TARGET: bool>(x: f64, t: f64) -> f64 {
 ///
 /// # Example
 /// ```
-/// assert_eq!(kldiv::grad_input::<false>(2.0, 0.25), -0.5);
-/// assert_eq!(kldiv::grad_input::<true>(1.0, 0.0), -1.0);
+/// assert_eq!(kldiv::grad_input::<false, f64>(2.0, 0.25), -0.5);
+/// assert_eq!(kldiv::grad_input::<true, f32>(1.0, 0.0), -1.0);
 /// ```
 #[inline(always)]
-pub fn grad_input<const LOG_TARGET: bool>(g: f64, t: f64) -> f64 {
+pub fn grad_input<const LOG_TARGET: bool, T: Float>(g: f64, t: T) -> f64 {
+    grad_input_with::<LOG_TARGET, T>(g, t, transcendental::<LOG_TARGET, T>(t))
+}
+
+/// [`grad_input`] given `tr = transcendental(t)`.
+#[inline(always)]
+pub(crate) fn grad_input_with<const LOG_TARGET: bool, T: Float>(g: f64, t: T, tr: T) -> f64 {
     if LOG_TARGET {
-        -(g * t.exp())
+        -(g * tr.to_f64())
     } else {
-        -(g * t)
+        -(g * t.to_f64())
     }
 }
 
@@ -59,45 +88,63 @@ pub fn grad_input<const LOG_TARGET: bool>(g: f64, t: f64) -> f64 {
 ///
 /// # Example
 /// ```
-/// let g = kldiv::grad_target::<false>(1.0, -1.0, 0.5);
+/// let g = kldiv::grad_target::<false, f64>(1.0, -1.0, 0.5);
 /// assert!((g - (0.5_f64.ln() + 1.0 + 1.0)).abs() < 1e-15);
-/// assert!(kldiv::grad_target::<false>(1.0, -1.0, 0.0).is_nan());
+/// assert!(kldiv::grad_target::<false, f64>(1.0, -1.0, 0.0).is_nan());
 /// ```
 #[inline(always)]
-pub fn grad_target<const LOG_TARGET: bool>(g: f64, x: f64, t: f64) -> f64 {
-    if LOG_TARGET {
-        let e = t.exp();
-        (g * (t - x)) * e + g * e
-    } else {
-        let xlogy_self_arg = if t.is_nan() {
-            f64::NAN
-        } else if t == 0.0 {
-            0.0
-        } else {
-            t.ln()
-        };
-        g * xlogy_self_arg + (g * t) / t + (-g) * x
-    }
+pub fn grad_target<const LOG_TARGET: bool, T: Float>(g: f64, x: T, t: T) -> f64 {
+    grad_target_with::<LOG_TARGET, T>(g, x, t, transcendental::<LOG_TARGET, T>(t))
 }
 
-/// `xlogy(t, t)` as PyTorch defines it: NaN for NaN, 0 for 0, `t * ln(t)` otherwise.
+/// [`grad_target`] given `tr = transcendental(t)`.
 #[inline(always)]
-fn xlogy_self(t: f64) -> f64 {
-    if t.is_nan() {
-        f64::NAN
-    } else if t == 0.0 {
-        0.0
+pub(crate) fn grad_target_with<const LOG_TARGET: bool, T: Float>(g: f64, x: T, t: T, tr: T) -> f64 {
+    let (x64, t64, tr64) = (x.to_f64(), t.to_f64(), tr.to_f64());
+    if LOG_TARGET {
+        (g * (t64 - x64)) * tr64 + g * tr64
     } else {
-        t * t.ln()
+        let xlogy_self_arg = if t64 == 0.0 { 0.0 } else { tr64 }; // NaN stays NaN
+        g * xlogy_self_arg + (g * t64) / t64 + (-g) * x64
     }
 }
 
-/// Writes `out[i] = term(x[i], t[i])`; the three slices have the same length.
-#[inline]
-pub(crate) fn terms_slice<T: Float, const LOG_TARGET: bool>(x: &[T], t: &[T], out: &mut [T]) {
+/// The transcendental of every element of `t` (see [`transcendental`]), into `out`.
+#[inline(always)]
+pub(crate) fn transcendental_slice<const LOG_TARGET: bool, T: Float>(t: &[T], out: &mut [T]) {
+    for (o, &ti) in out.iter_mut().zip(t) {
+        *o = transcendental::<LOG_TARGET, T>(ti);
+    }
+}
+
+/// Writes `out[i] = term(x[i], t[i])`, rounded to `T`; the three slices have the same length.
+#[inline(always)]
+pub(crate) fn terms_slice<const LOG_TARGET: bool, T: Float>(x: &[T], t: &[T], out: &mut [T]) {
     debug_assert!(x.len() == t.len() && t.len() == out.len());
+    // The transcendental first, in place in `out` (T's full SIMD width), then the rest.
+    transcendental_slice::<LOG_TARGET, T>(t, out);
     for ((o, &xi), &ti) in out.iter_mut().zip(x).zip(t) {
-        *o = T::from_f64(term::<LOG_TARGET>(xi.to_f64(), ti.to_f64()));
+        *o = T::from_f64(term_with::<LOG_TARGET, T>(xi, ti, *o));
+    }
+}
+
+/// [`terms_slice`] as a [`Kernel`] for [`crate::simd::dispatch`].
+pub(crate) struct Terms<'a, T> {
+    pub x: &'a [T],
+    pub t: &'a [T],
+    pub out: &'a mut [T],
+    pub log_target: bool,
+}
+
+impl<T: Float> Kernel for Terms<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        if self.log_target {
+            terms_slice::<true, T>(self.x, self.t, self.out)
+        } else {
+            terms_slice::<false, T>(self.x, self.t, self.out)
+        }
     }
 }
 
@@ -110,20 +157,21 @@ mod tests {
         let nan = f64::NAN;
         let inf = f64::INFINITY;
         // t = 0: the term is 0 for finite x, NaN for x = -inf (0 * -inf).
-        assert_eq!(term::<false>(-2.0, 0.0), 0.0);
-        assert!(term::<false>(-inf, 0.0).is_nan());
+        assert_eq!(term::<false, f64>(-2.0, 0.0), 0.0);
+        assert!(term::<false, f64>(-inf, 0.0).is_nan());
         // t < 0 and NaN anywhere give NaN.
-        assert!(term::<false>(-1.0, -0.5).is_nan());
-        assert!(term::<false>(nan, 0.5).is_nan());
-        assert!(term::<false>(-1.0, nan).is_nan());
+        assert!(term::<false, f64>(-1.0, -0.5).is_nan());
+        assert!(term::<false, f64>(nan, 0.5).is_nan());
+        assert!(term::<false, f64>(-1.0, nan).is_nan());
+        assert!(term::<false, f32>(-1.0, f32::NAN).is_nan());
         // t = +inf: +inf for negative x, NaN for x = 0 (inf - inf).
-        assert_eq!(term::<false>(-1.0, inf), inf);
-        assert!(term::<false>(0.0, inf).is_nan());
+        assert_eq!(term::<false, f64>(-1.0, inf), inf);
+        assert!(term::<false, f64>(0.0, inf).is_nan());
         // x = +inf with t > 0: -inf.
-        assert_eq!(term::<false>(inf, 0.5), -inf);
+        assert_eq!(term::<false, f64>(inf, 0.5), -inf);
         // log_target: t = -inf gives 0 * -inf = NaN, as in PyTorch.
-        assert!(term::<true>(-1.0, -inf).is_nan());
-        assert_eq!(term::<true>(-1.0, 0.0), 1.0);
+        assert!(term::<true, f64>(-1.0, -inf).is_nan());
+        assert_eq!(term::<true, f64>(-1.0, 0.0), 1.0);
     }
 
     #[test]
@@ -131,9 +179,9 @@ mod tests {
         let x = [-1.0f32, -2.0];
         let t = [0.25f32, 0.75];
         let mut out = [0.0f32; 2];
-        terms_slice::<f32, false>(&x, &t, &mut out);
+        terms_slice::<false, f32>(&x, &t, &mut out);
         for i in 0..2 {
-            let want = term::<false>(x[i] as f64, t[i] as f64) as f32;
+            let want = term::<false, f32>(x[i], t[i]) as f32;
             assert_eq!(out[i].to_bits(), want.to_bits());
         }
     }

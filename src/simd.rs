@@ -1,0 +1,162 @@
+//! Where dispatch lives: the SIMD level, detected once at run time, and [`dispatch`], which
+//! runs a kernel compiled for that level.
+//!
+//! Every kernel is written once, as plain Rust over slices (see `reduce.rs`, `terms.rs`,
+//! `grad.rs`, `math.rs`), marked `#[inline(always)]`; [`dispatch`] inlines it into a function
+//! compiled with `#[target_feature]` for AVX-512 or AVX2, or calls it as it is (baseline
+//! x86-64, or NEON on aarch64, where it is baseline). The kernels use only IEEE operations that
+//! every level evaluates identically, in the same order, so all levels give the same bits; the
+//! tests force each level (`KLDIV_SIMD` or [`set_simd_level`]) and compare.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// An instruction-set level the kernels can be compiled for.
+///
+/// # Example
+/// ```
+/// use kldiv::{simd_level, SimdLevel};
+/// assert!(simd_level() >= SimdLevel::Scalar);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimdLevel {
+    /// The target's baseline (SSE2 on x86-64, NEON on aarch64).
+    Scalar = 1,
+    /// AVX2 (x86-64).
+    Avx2 = 2,
+    /// AVX-512 F/DQ/BW/VL (x86-64).
+    Avx512 = 3,
+}
+
+impl SimdLevel {
+    /// The level's name, as `KLDIV_SIMD` spells it: `scalar`, `avx2` or `avx512`.
+    ///
+    /// # Example
+    /// ```
+    /// assert_eq!(kldiv::SimdLevel::Avx2.name(), "avx2");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Scalar => "scalar",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
+        }
+    }
+
+    /// The level named `name` (`scalar`, `avx2`, `avx512`), if any.
+    ///
+    /// # Example
+    /// ```
+    /// assert_eq!(kldiv::SimdLevel::from_name("avx512"), Some(kldiv::SimdLevel::Avx512));
+    /// ```
+    pub fn from_name(name: &str) -> Option<SimdLevel> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Some(SimdLevel::Scalar),
+            "avx2" => Some(SimdLevel::Avx2),
+            "avx512" => Some(SimdLevel::Avx512),
+            _ => None,
+        }
+    }
+
+    fn from_u8(v: u8) -> SimdLevel {
+        match v {
+            3 => SimdLevel::Avx512,
+            2 => SimdLevel::Avx2,
+            _ => SimdLevel::Scalar,
+        }
+    }
+}
+
+/// The best level this CPU supports.
+///
+/// # Example
+/// ```
+/// assert!(kldiv::detected_simd_level() >= kldiv::simd_level());
+/// ```
+pub fn detected_simd_level() -> SimdLevel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+        {
+            return SimdLevel::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return SimdLevel::Avx2;
+        }
+    }
+    SimdLevel::Scalar
+}
+
+const UNSET: u8 = 0;
+static LEVEL: AtomicU8 = AtomicU8::new(UNSET);
+
+/// The level the kernels run at: the detected one, lowered by the `KLDIV_SIMD` environment
+/// variable (`scalar`, `avx2`, `avx512`) or by [`set_simd_level`]. Results do not depend on it.
+///
+/// # Example
+/// ```
+/// println!("kldiv runs at {}", kldiv::simd_level().name());
+/// ```
+pub fn simd_level() -> SimdLevel {
+    match LEVEL.load(Ordering::Relaxed) {
+        UNSET => {
+            let requested = std::env::var("KLDIV_SIMD")
+                .ok()
+                .and_then(|v| SimdLevel::from_name(&v));
+            set_simd_level(requested.unwrap_or(SimdLevel::Avx512))
+        }
+        v => SimdLevel::from_u8(v),
+    }
+}
+
+/// Runs the kernels at `level`, or at the best level the CPU supports if that is lower;
+/// returns the level set. Meant for tests and benchmarks that compare levels.
+///
+/// # Example
+/// ```
+/// use kldiv::{set_simd_level, SimdLevel};
+/// assert_eq!(set_simd_level(SimdLevel::Scalar), SimdLevel::Scalar);
+/// set_simd_level(SimdLevel::Avx512); // back to the best available
+/// ```
+pub fn set_simd_level(level: SimdLevel) -> SimdLevel {
+    let level = level.min(detected_simd_level());
+    LEVEL.store(level as u8, Ordering::Relaxed);
+    level
+}
+
+/// A kernel over slices, run by [`dispatch`]. Implementations mark `run` `#[inline(always)]`
+/// so that it is compiled into each level's function.
+pub(crate) trait Kernel {
+    type Output;
+    fn run(self) -> Self::Output;
+}
+
+/// Runs `kernel` compiled for the current [`simd_level`].
+#[inline(always)]
+pub(crate) fn dispatch<K: Kernel>(kernel: K) -> K::Output {
+    match simd_level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `simd_level` never exceeds `detected_simd_level`, so the CPU has AVX-512.
+        SimdLevel::Avx512 => unsafe { run_avx512(kernel) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, the CPU has AVX2 and FMA.
+        SimdLevel::Avx2 => unsafe { run_avx2(kernel) },
+        _ => kernel.run(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")]
+unsafe fn run_avx512<K: Kernel>(kernel: K) -> K::Output {
+    kernel.run()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<K: Kernel>(kernel: K) -> K::Output {
+    kernel.run()
+}
