@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export CARGO_BUILD_JOBS ?= 2
 
-.PHONY: demo build-dev test test-rust test-python lint format bench bench-rust fixtures clean
+.PHONY: demo build-dev test test-rust test-python test-exhaustive lint format bench bench-rust fixtures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: build-dev test-rust test-python
 
 test-rust:
 	cargo test -j2
+	cargo test -j2 --release --test simd_levels
+
+## ln and exp over all 2^32 float32 inputs, at each SIMD level the CPU has (release mode).
+test-exhaustive:
+	KLDIV_SIMD=avx2 cargo test -j2 --release --test exhaustive -- --ignored
+	KLDIV_SIMD=avx512 cargo test -j2 --release --test exhaustive -- --ignored
 
 test-python:
 	$(BIN)/python -m pytest -q tests

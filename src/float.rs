@@ -16,7 +16,9 @@ pub trait Float:
 {
     /// Widens to `f64` (exact for both types).
     fn to_f64(self) -> f64;
-    /// Rounds an `f64` to this type (round to nearest even, as `as` does).
+    /// Rounds an `f64` to this type (round to nearest even, as `as` does); every NaN becomes
+    /// the positive quiet NaN, so that results do not depend on which NaN operand an
+    /// instruction happened to propagate.
     fn from_f64(v: f64) -> Self;
     /// The natural logarithm in this type's precision ([`crate::math::ln_f32`] or
     /// [`crate::math::ln_f64`]).
@@ -32,7 +34,11 @@ impl Float for f32 {
     }
     #[inline(always)]
     fn from_f64(v: f64) -> Self {
-        v as f32
+        if v.is_nan() {
+            f32::NAN
+        } else {
+            v as f32
+        }
     }
     #[inline(always)]
     fn ln(self) -> Self {
@@ -51,7 +57,11 @@ impl Float for f64 {
     }
     #[inline(always)]
     fn from_f64(v: f64) -> Self {
-        v
+        if v.is_nan() {
+            f64::NAN
+        } else {
+            v
+        }
     }
     #[inline(always)]
     fn ln(self) -> Self {

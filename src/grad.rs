@@ -277,7 +277,7 @@ pub(crate) fn fused_sum<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
     };
     let g = 1.0 / divisor;
     let len = walk.len();
-    Ok(tree_sum(len, |b| {
+    Ok(f64::from_f64(tree_sum(len, |b| {
         let mut acc = [0.0; LANES];
         let mut scratch = Scratch::new();
         for_runs(
@@ -299,7 +299,7 @@ pub(crate) fn fused_sum<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
             },
         );
         fold_lanes(&acc)
-    }))
+    })))
 }
 
 fn check_output(shape: &[usize], actual: &[usize]) -> Result<(), Error> {

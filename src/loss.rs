@@ -59,7 +59,8 @@ pub fn kl_div_sum<T: Float, D1: Dimension, D2: Dimension>(
     // SAFETY: both pointers address logical index 0 of views borrowed for this call, and
     // `walk` was built from those views' shapes and strides broadcast to `shape`.
     let (x, t) = unsafe { (Src::new(input.as_ptr()), Src::new(target.as_ptr())) };
-    Ok(sum_walk(&walk, x, t, log_target))
+    // One NaN for every NaN sum (see `Float::from_f64`).
+    Ok(f64::from_f64(sum_walk(&walk, x, t, log_target)))
 }
 
 /// The reduced loss, PyTorch's `kl_div(input, target, reduction, log_target)`, rounded once to

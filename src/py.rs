@@ -132,6 +132,12 @@ fn get_num_threads() -> usize {
     crate::get_num_threads()
 }
 
+/// The SIMD level the kernels run at: "scalar", "avx2" or "avx512".
+#[pyfunction]
+fn simd_level() -> &'static str {
+    crate::simd_level().name()
+}
+
 #[pymodule]
 fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sum_f32, m)?)?;
@@ -146,6 +152,7 @@ fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(terms_and_grad_f64, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

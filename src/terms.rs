@@ -128,6 +128,25 @@ pub(crate) fn terms_slice<const LOG_TARGET: bool, T: Float>(x: &[T], t: &[T], ou
     }
 }
 
+/// [`transcendental_slice`] as a [`Kernel`]: `out = ln(t)`, or `exp(t)` with `exp`.
+pub(crate) struct Transcendental<'a, T> {
+    pub t: &'a [T],
+    pub out: &'a mut [T],
+    pub exp: bool,
+}
+
+impl<T: Float> Kernel for Transcendental<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        if self.exp {
+            transcendental_slice::<true, T>(self.t, self.out)
+        } else {
+            transcendental_slice::<false, T>(self.t, self.out)
+        }
+    }
+}
+
 /// [`terms_slice`] as a [`Kernel`] for [`crate::simd::dispatch`].
 pub(crate) struct Terms<'a, T> {
     pub x: &'a [T],

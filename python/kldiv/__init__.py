@@ -20,6 +20,7 @@ from ._loss import (
     kl_div_and_grad,
     kl_div_backward,
     set_num_threads,
+    simd_level,
 )
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "kl_div_and_grad",
     "kl_div_backward",
     "set_num_threads",
+    "simd_level",
 ]
 
 _check_env()

@@ -468,6 +468,15 @@ def get_num_threads() -> int:
     return _kldiv.get_num_threads()
 
 
+def simd_level() -> str:
+    """The instruction set the kernels run at: ``"scalar"``, ``"avx2"`` or ``"avx512"``.
+
+    The best the CPU supports, unless the ``KLDIV_SIMD`` environment variable (read once, at
+    the first call) asks for a lower one. Every level gives the same bits.
+    """
+    return _kldiv.simd_level()
+
+
 def _check_env() -> None:
     value = os.environ.get("KLDIV_NUM_THREADS")
     if value is not None and not (value.strip().isdigit() and int(value) > 0):
