@@ -6,10 +6,10 @@ use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 use crate::error::Error;
 use crate::float::Float;
 use crate::parallel::{block_range, for_each_block, tree_sum};
-use crate::reduce::{fold_lanes, Scratch, Sum, LANES};
+use crate::reduce::{fold_lanes, Sum, LANES};
 use crate::simd::dispatch;
 use crate::terms::Terms;
-use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Walk};
+use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Walk, TILE};
 
 /// How the loss terms are reduced to one number (PyTorch's `reduction` argument, less `"none"`,
 /// which is [`kl_div_terms`]).
@@ -189,7 +189,7 @@ fn sum_walk<T: Float>(walk: &Walk<2>, x: Src<'_, T>, t: Src<'_, T>, log_target: 
     let len = walk.len();
     tree_sum(len, |b| {
         let mut acc = [0.0; LANES];
-        let mut scratch = Scratch::new();
+        let mut tr = [T::default(); TILE];
         for_runs(
             walk,
             block_range(b, len),
@@ -197,7 +197,7 @@ fn sum_walk<T: Float>(walk: &Walk<2>, x: Src<'_, T>, t: Src<'_, T>, log_target: 
             &[],
             |first, [x, t], []| {
                 dispatch(Sum {
-                    scratch: &mut scratch,
+                    tr: &mut tr,
                     acc: &mut acc,
                     first,
                     x,

@@ -18,16 +18,19 @@ fn value_error(e: Error) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
 
-/// The float64 sum of the loss terms.
-fn sum<T: Float + Element>(
+/// The float64 sum of the loss terms divided by `divisor` (IEEE: 0/0 is NaN), rounded to `T`.
+fn reduce<T: Float + Element>(
     py: Python<'_>,
     x: In<'_, T>,
     t: In<'_, T>,
+    divisor: f64,
     log_target: bool,
 ) -> PyResult<f64> {
     let (x, t) = (x.as_array(), t.as_array());
-    py.detach(|| crate::kl_div_sum(x, t, log_target))
-        .map_err(value_error)
+    let sum = py
+        .detach(|| crate::kl_div_sum(x, t, log_target))
+        .map_err(value_error)?;
+    Ok(T::from_f64(sum / divisor).to_f64())
 }
 
 /// The loss terms written into `out`.
@@ -61,9 +64,9 @@ fn backward<T: Float + Element>(
         .map_err(value_error)
 }
 
-/// The float64 sum of the terms, with the input gradient for `1 / divisor` written in the same
-/// pass.
-fn sum_and_grad<T: Float + Element>(
+/// The float64 sum of the terms divided by `divisor`, rounded to `T`, with the input gradient
+/// for `1 / divisor` written in the same pass.
+fn reduce_and_grad<T: Float + Element>(
     py: Python<'_>,
     x: In<'_, T>,
     t: In<'_, T>,
@@ -72,8 +75,10 @@ fn sum_and_grad<T: Float + Element>(
     log_target: bool,
 ) -> PyResult<f64> {
     let (x, t, gx) = (x.as_array(), t.as_array(), grad_input.as_array_mut());
-    py.detach(|| crate::grad::fused_sum(x, t, divisor, gx, log_target))
-        .map_err(value_error)
+    let sum = py
+        .detach(|| crate::grad::fused_sum(x, t, divisor, gx, log_target))
+        .map_err(value_error)?;
+    Ok(T::from_f64(sum / divisor).to_f64())
 }
 
 /// The loss terms and the input gradient (for ones) in one pass.
@@ -110,12 +115,13 @@ macro_rules! per_dtype {
     (@ty bool, $t:ty) => { bool };
 }
 
-per_dtype!(sum -> f64, sum_f32, sum_f64, (input: In, target: In, log_target: bool));
+per_dtype!(reduce -> f64, reduce_f32, reduce_f64,
+    (input: In, target: In, divisor: f64, log_target: bool));
 per_dtype!(terms -> (), terms_f32, terms_f64, (input: In, target: In, out: Out, log_target: bool));
 per_dtype!(backward -> (), backward_f32, backward_f64,
     (grad_output: In, divisor: f64, input: In, target: In, grad_input: Out, grad_target: Out,
      log_target: bool));
-per_dtype!(sum_and_grad -> f64, sum_and_grad_f32, sum_and_grad_f64,
+per_dtype!(reduce_and_grad -> f64, reduce_and_grad_f32, reduce_and_grad_f64,
     (input: In, target: In, divisor: f64, grad_input: Out, log_target: bool));
 per_dtype!(terms_and_grad -> (), terms_and_grad_f32, terms_and_grad_f64,
     (input: In, target: In, loss: Out, grad_input: Out, log_target: bool));
@@ -140,14 +146,14 @@ fn simd_level() -> &'static str {
 
 #[pymodule]
 fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(sum_f32, m)?)?;
-    m.add_function(wrap_pyfunction!(sum_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(reduce_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(reduce_f64, m)?)?;
     m.add_function(wrap_pyfunction!(terms_f32, m)?)?;
     m.add_function(wrap_pyfunction!(terms_f64, m)?)?;
     m.add_function(wrap_pyfunction!(backward_f32, m)?)?;
     m.add_function(wrap_pyfunction!(backward_f64, m)?)?;
-    m.add_function(wrap_pyfunction!(sum_and_grad_f32, m)?)?;
-    m.add_function(wrap_pyfunction!(sum_and_grad_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(reduce_and_grad_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(reduce_and_grad_f64, m)?)?;
     m.add_function(wrap_pyfunction!(terms_and_grad_f32, m)?)?;
     m.add_function(wrap_pyfunction!(terms_and_grad_f64, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;

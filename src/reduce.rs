@@ -21,7 +21,7 @@ pub(crate) type Lanes = [f64; LANES];
 /// `first` (only `first % LANES` matters).
 #[inline(always)]
 pub(crate) fn sum_slice<const LOG_TARGET: bool, T: Float>(
-    scratch: &mut Scratch<T>,
+    tr: &mut [T; TILE],
     acc: &mut Lanes,
     first: usize,
     x: &[T],
@@ -29,17 +29,16 @@ pub(crate) fn sum_slice<const LOG_TARGET: bool, T: Float>(
 ) {
     debug_assert!(x.len() == t.len() && x.len() <= TILE);
     let n = x.len();
-    let tr = &mut scratch.tr[..n];
+    let tr = &mut tr[..n];
     transcendental_slice::<LOG_TARGET, T>(t, tr);
-    // Head (up to a multiple of LANES) and tail through the terms buffer; whole groups of
-    // LANES straight into the lanes, element j of a group into lane j.
+    let term = |i: usize| term_with::<LOG_TARGET, T>(x[i], t[i], tr[i]);
+    // Head: up to the next multiple of LANES.
     let head = ((LANES - first % LANES) % LANES).min(n);
-    let body = (n - head) / LANES * LANES;
-    let terms = &mut scratch.terms[..n];
-    for i in (0..head).chain(head + body..n) {
-        terms[i] = term_with::<LOG_TARGET, T>(x[i], t[i], tr[i]);
+    for i in 0..head {
+        acc[(first + i) % LANES] += term(i);
     }
-    add_lanes(acc, first, &terms[..head]);
+    // Body: whole groups of LANES, element j of a group into lane j (in vector registers).
+    let body = (n - head) / LANES * LANES;
     let mut lanes = *acc;
     let groups = x[head..head + body]
         .chunks_exact(LANES)
@@ -50,11 +49,15 @@ pub(crate) fn sum_slice<const LOG_TARGET: bool, T: Float>(
             lanes[j] += term_with::<LOG_TARGET, T>(xg[j], tg[j], trg[j]);
         }
     }
+    // Tail: lanes 0.. of a last, partial group.
+    for (lane, i) in lanes.iter_mut().zip(head + body..n) {
+        *lane += term(i);
+    }
     *acc = lanes;
-    add_lanes(acc, first + head + body, &terms[head + body..]);
 }
 
-/// Per-block working memory of the kernels that reduce: a run's transcendentals and terms.
+/// Per-block working memory of the fused loss-and-gradient kernel: a run's transcendentals
+/// and terms.
 pub(crate) struct Scratch<T> {
     pub tr: [T; TILE],
     pub terms: [f64; TILE],
@@ -71,7 +74,7 @@ impl<T: Float> Scratch<T> {
 
 /// [`sum_slice`] as a [`Kernel`] for [`crate::simd::dispatch`].
 pub(crate) struct Sum<'a, T> {
-    pub scratch: &'a mut Scratch<T>,
+    pub tr: &'a mut [T; TILE],
     pub acc: &'a mut Lanes,
     pub first: usize,
     pub x: &'a [T],
@@ -84,9 +87,9 @@ impl<T: Float> Kernel for Sum<'_, T> {
     #[inline(always)]
     fn run(self) {
         if self.log_target {
-            sum_slice::<true, T>(self.scratch, self.acc, self.first, self.x, self.t)
+            sum_slice::<true, T>(self.tr, self.acc, self.first, self.x, self.t)
         } else {
-            sum_slice::<false, T>(self.scratch, self.acc, self.first, self.x, self.t)
+            sum_slice::<false, T>(self.tr, self.acc, self.first, self.x, self.t)
         }
     }
 }
@@ -117,22 +120,18 @@ pub(crate) fn add_lanes(acc: &mut Lanes, first: usize, values: &[f64]) {
     *acc = lanes;
 }
 
-/// Folds the lanes in a fixed pairwise tree.
+/// Folds the lanes in a fixed tree: lane `i` plus lane `i + 8`, then `i + 4`, `i + 2`, `i + 1`.
 #[inline]
 pub(crate) fn fold_lanes(acc: &Lanes) -> f64 {
-    pairwise(acc)
-}
-
-/// Pairwise sum of `v` with a fixed split (first half, second half): the same tree every time.
-pub(crate) fn pairwise(v: &[f64]) -> f64 {
-    match v.len() {
-        0 => 0.0,
-        1 => v[0],
-        n => {
-            let (a, b) = v.split_at(n / 2);
-            pairwise(a) + pairwise(b)
+    let mut v = *acc;
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            v[i] += v[i + width];
         }
+        width /= 2;
     }
+    v[0]
 }
 
 #[cfg(test)]
@@ -145,12 +144,12 @@ mod tests {
         let x: Vec<f32> = (0..n).map(|i| -1.0 - (i as f32) * 0.013).collect();
         let t: Vec<f32> = (0..n).map(|i| ((i * 7919) % 97) as f32 / 97.0).collect();
         let mut whole = [0.0; LANES];
-        let mut scratch = Scratch::new();
-        sum_slice::<false, f32>(&mut scratch, &mut whole, 0, &x, &t);
+        let mut tr = [0.0; TILE];
+        sum_slice::<false, f32>(&mut tr, &mut whole, 0, &x, &t);
         for cut in [1, 5, 16, 17, 100, 202] {
             let mut parts = [0.0; LANES];
-            sum_slice::<false, f32>(&mut scratch, &mut parts, 0, &x[..cut], &t[..cut]);
-            sum_slice::<false, f32>(&mut scratch, &mut parts, cut, &x[cut..], &t[cut..]);
+            sum_slice::<false, f32>(&mut tr, &mut parts, 0, &x[..cut], &t[..cut]);
+            sum_slice::<false, f32>(&mut tr, &mut parts, cut, &x[cut..], &t[cut..]);
             assert_eq!(
                 whole.map(f64::to_bits),
                 parts.map(f64::to_bits),
@@ -160,8 +159,14 @@ mod tests {
     }
 
     #[test]
-    fn pairwise_tree_is_fixed() {
-        assert_eq!(pairwise(&[]), 0.0);
-        assert_eq!(pairwise(&[1.0, 2.0, 3.0]), 1.0 + (2.0 + 3.0));
+    fn lanes_fold_in_a_fixed_tree() {
+        let v: Lanes = std::array::from_fn(|i| 1.0 / (i as f64 + 1.0));
+        let mut w = v;
+        for width in [8, 4, 2, 1] {
+            for i in 0..width {
+                w[i] += w[i + width];
+            }
+        }
+        assert_eq!(fold_lanes(&v).to_bits(), w[0].to_bits());
     }
 }

@@ -213,12 +213,11 @@ impl<'a, T: Copy> Src<'a, T> {
         offset: isize,
         stride: isize,
         len: usize,
-        tile: &'b mut [T; TILE],
+        tile: &'b mut [T],
     ) -> &'b [T]
     where
         'a: 'b,
     {
-        debug_assert!(len <= TILE);
         if stride == 1 {
             // SAFETY: by the contract of `new`, the elements `offset..offset + len` lie inside
             // the borrowed view, which is contiguous along this run (stride 1).
@@ -267,17 +266,10 @@ impl<'a, T: Copy> Dst<'a, T> {
     /// Where to write the `len <= TILE` elements of a run: the memory itself when
     /// `stride == 1`, else `tile`, to be stored by [`Dst::flush`].
     #[inline]
-    fn tile<'b>(
-        &self,
-        offset: isize,
-        stride: isize,
-        len: usize,
-        tile: &'b mut [T; TILE],
-    ) -> &'b mut [T]
+    fn tile<'b>(&self, offset: isize, stride: isize, len: usize, tile: &'b mut [T]) -> &'b mut [T]
     where
         'a: 'b,
     {
-        debug_assert!(len <= TILE);
         if stride == 1 {
             // SAFETY: the run lies inside the mutable view and is contiguous (contract of
             // `new`); no other thread touches these logical indices, so the slice is unique.
@@ -310,12 +302,35 @@ pub(crate) fn for_runs<T: Copy + Default, const K: usize, const R: usize, const 
     (lo, hi): (usize, usize),
     srcs: &[Src<'_, T>; R],
     dsts: &[Dst<'_, T>; W],
-    mut f: impl FnMut(usize, [&[T]; R], [&mut [T]; W]),
+    f: impl FnMut(usize, [&[T]; R], [&mut [T]; W]),
 ) {
     assert_eq!(K, R + W, "one stride per operand");
+    // Tiles are only needed for strided runs; contiguous data goes without (and without
+    // zeroing them).
+    if walk.inner_strides().iter().all(|&s| s == 1) {
+        for_runs_with_tiles::<T, K, R, W, 0>(walk, (lo, hi), srcs, dsts, f)
+    } else {
+        for_runs_with_tiles::<T, K, R, W, TILE>(walk, (lo, hi), srcs, dsts, f)
+    }
+}
+
+#[inline(always)]
+fn for_runs_with_tiles<
+    T: Copy + Default,
+    const K: usize,
+    const R: usize,
+    const W: usize,
+    const N: usize,
+>(
+    walk: &Walk<K>,
+    (lo, hi): (usize, usize),
+    srcs: &[Src<'_, T>; R],
+    dsts: &[Dst<'_, T>; W],
+    mut f: impl FnMut(usize, [&[T]; R], [&mut [T]; W]),
+) {
     let strides = walk.inner_strides();
-    let mut src_tiles = [[T::default(); TILE]; R];
-    let mut dst_tiles = [[T::default(); TILE]; W];
+    let mut src_tiles = [[T::default(); N]; R];
+    let mut dst_tiles = [[T::default(); N]; W];
     walk.runs(lo, hi, |r| {
         let mut ins = src_tiles
             .iter_mut()
@@ -331,7 +346,11 @@ pub(crate) fn for_runs<T: Copy + Default, const K: usize, const R: usize, const 
         let outs: [&mut [T]; W] = std::array::from_fn(|_| outs.next().unwrap());
         f(r.first, ins, outs);
         for (k, d) in dsts.iter().enumerate() {
-            d.flush(r.offsets[R + k], strides[R + k], &dst_tiles[k][..r.len]);
+            d.flush(
+                r.offsets[R + k],
+                strides[R + k],
+                &dst_tiles[k][..r.len.min(N)],
+            );
         }
     });
 }

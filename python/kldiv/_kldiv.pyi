@@ -9,11 +9,19 @@ import numpy.typing as npt
 
 __version__: str
 
-def sum_f32(
-    input: npt.NDArray[np.float32], target: npt.NDArray[np.float32], log_target: bool
-) -> float: ...
-def sum_f64(
-    input: npt.NDArray[np.float64], target: npt.NDArray[np.float64], log_target: bool
+def reduce_f32(
+    input: npt.NDArray[np.float32],
+    target: npt.NDArray[np.float32],
+    divisor: float,
+    log_target: bool,
+) -> float:
+    """The float64 sum of the terms divided by ``divisor``, rounded to float32."""
+
+def reduce_f64(
+    input: npt.NDArray[np.float64],
+    target: npt.NDArray[np.float64],
+    divisor: float,
+    log_target: bool,
 ) -> float: ...
 def terms_f32(
     input: npt.NDArray[np.float32],
@@ -45,14 +53,14 @@ def backward_f64(
     grad_target: npt.NDArray[np.float64],
     log_target: bool,
 ) -> None: ...
-def sum_and_grad_f32(
+def reduce_and_grad_f32(
     input: npt.NDArray[np.float32],
     target: npt.NDArray[np.float32],
     divisor: float,
     grad_input: npt.NDArray[np.float32],
     log_target: bool,
 ) -> float: ...
-def sum_and_grad_f64(
+def reduce_and_grad_f64(
     input: npt.NDArray[np.float64],
     target: npt.NDArray[np.float64],
     divisor: float,

@@ -6,7 +6,6 @@ into the arrays the kernels take, and the kernels' float64 sums into PyTorch's r
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import warnings
@@ -142,7 +141,7 @@ def kl_div_backward(
         Shaped like ``input`` and ``target``, each in its argument's dtype (as autograd).
     """
     check_options(reduction, log_target)
-    p = _prepare(input, target)
+    p = _Prepared(input, target)
     g = _grad_output(grad_output, reduction, p)
     if out is not None and (not isinstance(out, tuple) or len(out) != 2):
         raise TypeError("out must be a tuple (grad_input, grad_target) of two arrays")
@@ -153,7 +152,7 @@ def kl_div_backward(
     gx_full = _full(gx, p, p.x_shape, p.x_dtype)
     gt_full = _full(gt, p, p.t_shape, p.t_dtype)
     divisor = _divisor(reduction, p)
-    p.kernel("backward")(g, divisor, p.x, p.t, gx_full, gt_full, bool(log_target))
+    p.kernels.backward(g, divisor, p.x, p.t, gx_full, gt_full, bool(log_target))
     return (
         _reduce_to(gx_full, p.x_shape, p.x_dtype, gx),
         _reduce_to(gt_full, p.t_shape, p.t_dtype, gt),
@@ -194,56 +193,93 @@ def kl_div_and_grad(
     check_options(reduction, log_target)
     if reduction == "mean":
         warnings.warn(_MEAN_WARNING, UserWarning, stacklevel=2)
-    p = _prepare(input, target)
+    p = _Prepared(input, target)
     if out is not None:
         _check_out(out, p.x_shape, p.x_dtype, "out", p)
     gx_full = _full(out, p, p.x_shape, p.x_dtype)
     if reduction == "none":
         loss = np.empty(p.shape, dtype=p.compute)
-        p.kernel("terms_and_grad")(p.x, p.t, loss, gx_full, bool(log_target))
+        p.kernels.terms_and_grad(p.x, p.t, loss, gx_full, bool(log_target))
         value: Result = loss.astype(p.result, copy=False)
     else:
         divisor = _divisor(reduction, p)
-        s = p.kernel("sum_and_grad")(p.x, p.t, divisor, gx_full, bool(log_target))
-        value = _scalar(s, divisor, p.result)
+        value = _scalar(
+            p.kernels.reduce_and_grad(p.x, p.t, divisor, gx_full, bool(log_target)), p.result
+        )
     return value, _reduce_to(gx_full, p.x_shape, p.x_dtype, out)
 
 
-@dataclasses.dataclass
 class _Prepared:
-    """Two arguments made ready for the kernels, with what the results need."""
+    """Two arguments made ready for the kernels, with what the results need.
 
-    x: npt.NDArray[Any]  # input, in the compute dtype, native, aligned
-    t: npt.NDArray[Any]  # target, likewise
-    x_shape: tuple[int, ...]
-    t_shape: tuple[int, ...]
-    x_dtype: np.dtype[Any]  # the arguments' own dtypes (gradients come back in them)
-    t_dtype: np.dtype[Any]
-    shape: tuple[int, ...]  # the broadcast shape of the loss
-    result: np.dtype[Any]  # numpy.result_type of the two
-    compute: np.dtype[Any]  # float32 or float64
+    Attributes: ``x``, ``t`` (the arguments in the compute dtype, native, aligned, any
+    strides), ``x_shape``, ``t_shape``, ``x_dtype``, ``t_dtype`` (the arguments' own shapes and
+    native dtypes: gradients come back in them), ``shape`` (the loss's broadcast shape),
+    ``result`` (``numpy.result_type`` of the two), ``compute`` (float32 or float64).
+    """
 
-    def kernel(self, name: str) -> Any:
-        return getattr(_kldiv, f"{name}_{'f32' if self.compute == np.float32 else 'f64'}")
-
-
-def _prepare(input: npt.ArrayLike, target: npt.ArrayLike) -> _Prepared:
-    x = _as_float_array(input, "input")
-    t = _as_float_array(target, "target")
-    shape = _broadcast_shape(x, t)
-    result = np.result_type(x.dtype, t.dtype).newbyteorder("=")
-    compute = np.dtype(np.float32) if result == np.float16 else result
-    return _Prepared(
-        x=_for_kernel(x, compute),
-        t=_for_kernel(t, compute),
-        x_shape=x.shape,
-        t_shape=t.shape,
-        x_dtype=x.dtype.newbyteorder("="),
-        t_dtype=t.dtype.newbyteorder("="),
-        shape=shape,
-        result=result,
-        compute=compute,
+    __slots__ = (
+        "compute",
+        "kernels",
+        "result",
+        "shape",
+        "t",
+        "t_dtype",
+        "t_shape",
+        "x",
+        "x_dtype",
+        "x_shape",
     )
+
+    def __init__(self, input: npt.ArrayLike, target: npt.ArrayLike) -> None:
+        x, t = input, target
+        if (
+            type(x) is np.ndarray
+            and type(t) is np.ndarray
+            and x.dtype in _KERNELS
+            and x.dtype == t.dtype
+            and x.shape == t.shape
+            and x.flags.aligned
+            and t.flags.aligned
+        ):
+            # The common case, cheaply: two aligned native float32/64 arrays of one shape.
+            self.x, self.t = x, t
+            self.x_shape = self.t_shape = self.shape = x.shape
+            self.x_dtype = self.t_dtype = self.result = self.compute = x.dtype
+        else:
+            x = _as_float_array(input, "input")
+            t = _as_float_array(target, "target")
+            self.x_shape, self.t_shape = x.shape, t.shape
+            self.x_dtype = _native(x.dtype)
+            self.t_dtype = _native(t.dtype)
+            self.shape = x.shape if x.shape == t.shape else _broadcast_shape(x, t)
+            if self.x_dtype == self.t_dtype:
+                self.result = self.x_dtype
+            else:
+                self.result = _native(np.result_type(self.x_dtype, self.t_dtype))
+            self.compute = _F32 if self.result == _F16 else self.result
+            self.x = _for_kernel(x, self.compute)
+            self.t = _for_kernel(t, self.compute)
+        self.kernels = _KERNELS[self.compute]
+
+
+class _Kernels:
+    """The extension's kernels for one dtype (see ``_kldiv.pyi``)."""
+
+    def __init__(self, suffix: str) -> None:
+        self.reduce = getattr(_kldiv, f"reduce_{suffix}")
+        self.terms = getattr(_kldiv, f"terms_{suffix}")
+        self.backward = getattr(_kldiv, f"backward_{suffix}")
+        self.reduce_and_grad = getattr(_kldiv, f"reduce_and_grad_{suffix}")
+        self.terms_and_grad = getattr(_kldiv, f"terms_and_grad_{suffix}")
+
+
+_F16, _F32, _F64 = _FLOATS
+_KERNELS = {_F32: _Kernels("f32"), _F64: _Kernels("f64")}
+
+
+def _native(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
 
 
 def _kl_div(
@@ -257,13 +293,13 @@ def _kl_div(
     check_options(reduction, log_target)
     if out is not None and reduction != "none":
         raise ValueError(f"out= is for reduction='none' only, not {reduction!r}")
-    p = _prepare(input, target)
+    p = _Prepared(input, target)
 
     if reduction == "none":
         if out is not None:
             _check_out(out, p.shape, p.result, "out", p)
         dest = out if out is not None and p.result == p.compute else np.empty(p.shape, p.compute)
-        p.kernel("terms")(p.x, p.t, dest, bool(log_target))
+        p.kernels.terms(p.x, p.t, dest, bool(log_target))
         if dest is out:
             return out
         if out is not None:
@@ -273,8 +309,8 @@ def _kl_div(
 
     if reduction == "mean":
         warnings.warn(_MEAN_WARNING, UserWarning, stacklevel=stacklevel)
-    s = p.kernel("sum")(p.x, p.t, bool(log_target))
-    return _scalar(s, _divisor(reduction, p), p.result)
+    value = p.kernels.reduce(p.x, p.t, _divisor(reduction, p), bool(log_target))
+    return p.result.type(value) if p.result is not _F16 else _scalar(value, p.result)
 
 
 def _divisor(reduction: str, p: _Prepared) -> float:
@@ -286,10 +322,13 @@ def _divisor(reduction: str, p: _Prepared) -> float:
     return 1.0
 
 
-def _scalar(s: float, divisor: float, dtype: np.dtype[Any]) -> np.floating[Any]:
-    """The float64 sum divided and rounded once to ``dtype``."""
-    value = s if divisor == 1.0 else _divide(s, divisor)
-    with np.errstate(over="ignore"):  # a sum beyond the dtype's range is +-inf, as in PyTorch
+def _scalar(value: float, dtype: np.dtype[Any]) -> np.floating[Any]:
+    """A kernel's result (already rounded to the compute dtype) as a NumPy scalar of ``dtype``.
+
+    Only float16 rounds again here (computed in float32, rounded once at the end)."""
+    if dtype is not _F16:
+        return dtype.type(value)
+    with np.errstate(over="ignore"):  # beyond float16's range it is +-inf, as in PyTorch
         return dtype.type(value)
 
 
@@ -366,13 +405,6 @@ def _check_out(
         raise ValueError(f"{name} overlaps an input; pass a separate array")
 
 
-def _divide(s: float, n: float) -> float:
-    """``s / n`` with IEEE semantics for ``n == 0`` (0/0 is NaN), without a warning."""
-    if n == 0:
-        return math.nan if s == 0 or math.isnan(s) else math.copysign(math.inf, s)
-    return s / n
-
-
 def check_options(reduction: object, log_target: object) -> None:
     """Raises the errors of a bad ``reduction`` or ``log_target``."""
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
@@ -384,6 +416,8 @@ def check_options(reduction: object, log_target: object) -> None:
 
 
 def _as_float_array(obj: object, name: str) -> npt.NDArray[Any]:
+    if type(obj) is np.ndarray and obj.dtype in _FLOATS:
+        return obj
     try:
         a = np.asarray(obj)
     except Exception as e:  # __array__ raising, ragged lists, ...
@@ -408,7 +442,8 @@ def _broadcast_shape(x: npt.NDArray[Any], t: npt.NDArray[Any]) -> tuple[int, ...
 def _for_kernel(a: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     """``a`` as the kernels take it: ``dtype``, native byte order, aligned. No copy of an
     array that already is (whatever its strides)."""
-    a = np.asarray(a, dtype=dtype)  # converts dtype and byte order only when they differ
+    if a.dtype != dtype:
+        a = np.asarray(a, dtype=dtype)  # converts dtype and byte order
     if not a.flags.aligned:
         a = a.copy()
     return a
