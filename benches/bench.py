@@ -49,8 +49,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
+# OpenBLAS's idle threads (NumPy's and SciPy's) yield-spin and take CPU from whatever runs
+# next; no workload here calls BLAS, so one BLAS thread changes nothing but the noise.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import numpy.typing as npt  # noqa: E402
 
 Array = npt.NDArray[Any]
 Fn = Callable[[], Any]
@@ -58,7 +62,13 @@ Fn = Callable[[], Any]
 PEERS = ("torch", "jax", "numpy")
 FLOOR = "floor"
 IMPLS = ("kldiv", *PEERS, FLOOR)
-ENV_VARS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "MKL_NUM_THREADS")
+ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "KMP_BLOCKTIME",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+)
 ENV_VARS += ("KLDIV_NUM_THREADS", "RAYON_NUM_THREADS", "XLA_FLAGS", "JAX_PLATFORMS")
 MIN_REPEATS = 7  # BENCHMARKS.md: at least 7 timed repeats
 # After a parallel region PyTorch's OpenMP (libgomp) workers spin for several milliseconds

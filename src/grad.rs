@@ -12,10 +12,10 @@ use crate::error::Error;
 use crate::float::Float;
 use crate::loss::{common_shape, divisor, Reduction};
 use crate::parallel::{block_range, for_each_block, tree_sum};
-use crate::reduce::{add_lanes, fold_lanes, Lanes, Scratch, LANES};
+use crate::reduce::{fold_lanes, sum_terms, Lanes, LANES};
 use crate::simd::{dispatch, Kernel};
 use crate::terms::{grad_input_with, grad_target_with, term_with, transcendental_slice};
-use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Walk};
+use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Walk, TILE};
 
 /// Both gradients of the loss for an incoming gradient `grad_output`, as PyTorch's autograd
 /// computes them: `grad_input = d/dx`, `grad_target = d/dt`, each `grad_output / divisor`
@@ -279,7 +279,7 @@ pub(crate) fn fused_sum<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
     let len = walk.len();
     Ok(f64::from_f64(tree_sum(len, |b| {
         let mut acc = [0.0; LANES];
-        let mut scratch = Scratch::new();
+        let mut tr = [T::default(); TILE];
         for_runs(
             &walk,
             block_range(b, len),
@@ -287,7 +287,7 @@ pub(crate) fn fused_sum<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
             &dsts,
             |first, [x, t], [gx]| {
                 dispatch(FusedSum {
-                    scratch: &mut scratch,
+                    tr: &mut tr,
                     acc: &mut acc,
                     first,
                     g,
@@ -354,26 +354,17 @@ impl<T: Float> Kernel for Backward<'_, T> {
 
 #[inline(always)]
 fn fused_sum_slice<const LOG_TARGET: bool, T: Float>(k: FusedSum<'_, T>) {
-    let n = k.x.len();
-    let tr = &mut k.scratch.tr[..n];
+    let tr = &mut k.tr[..k.x.len()];
     transcendental_slice::<LOG_TARGET, T>(k.t, tr);
-    let terms = &mut k.scratch.terms[..n];
-    let it = terms
-        .iter_mut()
-        .zip(k.gx.iter_mut())
-        .zip(k.x)
-        .zip(k.t)
-        .zip(tr.iter());
-    for ((((v, gx), &x), &t), &tr) in it {
+    for ((gx, &t), &tr) in k.gx.iter_mut().zip(k.t).zip(tr.iter()) {
         *gx = T::from_f64(grad_input_with::<LOG_TARGET, T>(k.g, t, tr));
-        *v = term_with::<LOG_TARGET, T>(x, t, tr);
     }
-    add_lanes(k.acc, k.first, terms);
+    sum_terms::<LOG_TARGET, T>(k.acc, k.first, k.x, k.t, tr);
 }
 
 /// The terms of a run added to the lanes, and the input gradient for `g` written.
 struct FusedSum<'a, T> {
-    scratch: &'a mut Scratch<T>,
+    tr: &'a mut [T; TILE],
     acc: &'a mut Lanes,
     first: usize,
     g: f64,

@@ -28,9 +28,23 @@ pub(crate) fn sum_slice<const LOG_TARGET: bool, T: Float>(
     t: &[T],
 ) {
     debug_assert!(x.len() == t.len() && x.len() <= TILE);
-    let n = x.len();
-    let tr = &mut tr[..n];
+    let tr = &mut tr[..x.len()];
     transcendental_slice::<LOG_TARGET, T>(t, tr);
+    sum_terms::<LOG_TARGET, T>(acc, first, x, t, tr);
+}
+
+/// Adds the terms of `x`, `t` into `acc` given `tr = transcendental(t)`; element `i` goes to
+/// lane `(first + i) % LANES`, in order of `i` within each lane. Every fused reduction goes
+/// through here.
+#[inline(always)]
+pub(crate) fn sum_terms<const LOG_TARGET: bool, T: Float>(
+    acc: &mut Lanes,
+    first: usize,
+    x: &[T],
+    t: &[T],
+    tr: &[T],
+) {
+    let n = x.len();
     let term = |i: usize| term_with::<LOG_TARGET, T>(x[i], t[i], tr[i]);
     // Head: up to the next multiple of LANES.
     let head = ((LANES - first % LANES) % LANES).min(n);
@@ -56,22 +70,6 @@ pub(crate) fn sum_slice<const LOG_TARGET: bool, T: Float>(
     *acc = lanes;
 }
 
-/// Per-block working memory of the fused loss-and-gradient kernel: a run's transcendentals
-/// and terms.
-pub(crate) struct Scratch<T> {
-    pub tr: [T; TILE],
-    pub terms: [f64; TILE],
-}
-
-impl<T: Float> Scratch<T> {
-    pub(crate) fn new() -> Self {
-        Scratch {
-            tr: [T::default(); TILE],
-            terms: [0.0; TILE],
-        }
-    }
-}
-
 /// [`sum_slice`] as a [`Kernel`] for [`crate::simd::dispatch`].
 pub(crate) struct Sum<'a, T> {
     pub tr: &'a mut [T; TILE],
@@ -92,32 +90,6 @@ impl<T: Float> Kernel for Sum<'_, T> {
             sum_slice::<false, T>(self.tr, self.acc, self.first, self.x, self.t)
         }
     }
-}
-
-/// Adds `values[i]` into lane `(first + i) % LANES`, in order of `i` within each lane. Every
-/// fused reduction goes through here.
-#[inline(always)]
-pub(crate) fn add_lanes(acc: &mut Lanes, first: usize, values: &[f64]) {
-    // Head: up to the next multiple of LANES.
-    let head = ((LANES - first % LANES) % LANES).min(values.len());
-    for (i, &v) in values[..head].iter().enumerate() {
-        acc[(first + i) % LANES] += v;
-    }
-    // Body: whole groups of LANES, element j of a group into lane j; then a partial group.
-    // The lanes live in a local array so that they stay in vector registers.
-    let mut lanes = *acc;
-    let groups = values[head..].chunks_exact(LANES);
-    let tail = groups.remainder();
-    for group in groups {
-        let group: &[f64; LANES] = group.try_into().expect("chunks_exact gives LANES");
-        for j in 0..LANES {
-            lanes[j] += group[j];
-        }
-    }
-    for (a, &v) in lanes.iter_mut().zip(tail) {
-        *a += v;
-    }
-    *acc = lanes;
 }
 
 /// Folds the lanes in a fixed tree: lane `i` plus lane `i + 8`, then `i + 4`, `i + 2`, `i + 1`.
