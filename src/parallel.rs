@@ -1,24 +1,30 @@
 //! Where parallelism lives: kldiv's thread pool, fixed blocks, and the fixed combining tree.
 //!
 //! Work is cut into blocks of [`BLOCK`] consecutive logical indices; block `b` always covers
-//! `b * BLOCK .. (b + 1) * BLOCK`, whatever the thread count. Block sums are combined by a
-//! fixed pairwise tree over block indices; rayon only decides *which thread* evaluates a
-//! subtree, never its shape, so the bits do not depend on the number of threads. Inputs
-//! smaller than [`PARALLEL_MIN`] run the same tree on the calling thread.
+//! `b * BLOCK .. (b + 1) * BLOCK`, whatever the thread count. The calling thread and the pool's
+//! workers claim chunks of blocks from a shared counter (so the caller starts at once and the
+//! workers join as soon as they wake), each block's sum is stored in its own slot, and the
+//! slots are combined by a fixed pairwise tree over block indices: who computed a block never
+//! changes the bits. Inputs smaller than [`PARALLEL_MIN`] run on the calling thread alone.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
-use rayon::prelude::*;
 
 /// Logical elements per block (a multiple of [`crate::reduce::LANES`]).
 pub(crate) const BLOCK: usize = 4096;
 /// Below this many elements a kernel stays on the calling thread.
 pub(crate) const PARALLEL_MIN: usize = 1 << 16;
-/// Subtrees of at most this many blocks are evaluated on one thread.
-const SERIAL_BLOCKS: usize = 4;
+/// Blocks claimed at a time.
+const CHUNK_BLOCKS: usize = 4;
 
-/// The pool and the thread count it was built with.
-static POOL: Mutex<Option<Arc<rayon::ThreadPool>>> = Mutex::new(None);
+/// kldiv's threads: the caller plus `n - 1` pool workers (no pool for `n == 1`).
+#[derive(Clone)]
+struct Threads {
+    n: usize,
+    workers: Option<Arc<rayon::ThreadPool>>,
+}
+
+static THREADS: Mutex<Option<Threads>> = Mutex::new(None);
 
 fn default_threads() -> usize {
     std::env::var("KLDIV_NUM_THREADS")
@@ -28,23 +34,27 @@ fn default_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-fn build(n: usize) -> Arc<rayon::ThreadPool> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .thread_name(|i| format!("kldiv-{i}"))
-        .build()
-        .expect("kldiv: cannot start worker threads");
-    Arc::new(pool)
+fn build(n: usize) -> Threads {
+    let workers = (n > 1).then(|| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n - 1)
+            .thread_name(|i| format!("kldiv-{i}"))
+            .build()
+            .expect("kldiv: cannot start worker threads");
+        Arc::new(pool)
+    });
+    Threads { n, workers }
 }
 
-fn pool() -> Arc<rayon::ThreadPool> {
-    let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
+fn threads() -> Threads {
+    let mut guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
     guard
         .get_or_insert_with(|| build(default_threads()))
         .clone()
 }
 
-/// Sets the number of threads kldiv's kernels use (its own pool, shared by all callers).
+/// Sets the number of threads kldiv's kernels use: the calling thread plus `n - 1` workers of
+/// kldiv's own pool, shared by all callers.
 ///
 /// The default is the `KLDIV_NUM_THREADS` environment variable if it holds a positive integer,
 /// else the number of CPUs. `n = 0` restores that default. Results do not depend on it.
@@ -57,8 +67,8 @@ fn pool() -> Arc<rayon::ThreadPool> {
 /// ```
 pub fn set_num_threads(n: usize) {
     let n = if n == 0 { default_threads() } else { n };
-    let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    if guard.as_ref().map(|p| p.current_num_threads()) != Some(n) {
+    let mut guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.as_ref().map(|t| t.n) != Some(n) {
         *guard = Some(build(n));
     }
 }
@@ -70,16 +80,7 @@ pub fn set_num_threads(n: usize) {
 /// assert!(kldiv::get_num_threads() >= 1);
 /// ```
 pub fn get_num_threads() -> usize {
-    pool().current_num_threads()
-}
-
-/// The pool to run `len` elements on, or `None` to stay on the calling thread.
-fn pool_for(len: usize) -> Option<Arc<rayon::ThreadPool>> {
-    if len < PARALLEL_MIN {
-        return None;
-    }
-    let p = pool();
-    (p.current_num_threads() > 1).then_some(p)
+    threads().n
 }
 
 /// Logical index range of block `b` of a walk of `len` elements.
@@ -94,38 +95,56 @@ pub(crate) fn blocks(len: usize) -> usize {
     len.div_ceil(BLOCK)
 }
 
+/// Runs `each(b)` once for every block of a walk of `len` elements: on the calling thread
+/// alone for small inputs, else on the caller and the workers, chunks claimed dynamically.
+pub(crate) fn for_each_block(len: usize, each: impl Fn(usize) + Sync) {
+    let n = blocks(len);
+    let workers = if len < PARALLEL_MIN {
+        None
+    } else {
+        threads().workers
+    };
+    let Some(pool) = workers else {
+        return (0..n).for_each(each);
+    };
+    let next = AtomicUsize::new(0);
+    let claim = || loop {
+        let first = next.fetch_add(CHUNK_BLOCKS, Ordering::Relaxed);
+        if first >= n {
+            break;
+        }
+        (first..(first + CHUNK_BLOCKS).min(n)).for_each(&each);
+    };
+    pool.in_place_scope(|scope| {
+        for _ in 0..pool.current_num_threads() {
+            scope.spawn(|_| claim());
+        }
+        claim();
+    });
+}
+
 /// The sum over blocks `0..blocks(len)` of `leaf(b)`, combined in a fixed pairwise tree.
 pub(crate) fn tree_sum(len: usize, leaf: impl Fn(usize) -> f64 + Sync) -> f64 {
     let n = blocks(len);
-    match pool_for(len) {
-        Some(p) => p.install(|| tree(0, n, &leaf, true)),
-        None => tree(0, n, &leaf, false),
+    if len < PARALLEL_MIN || threads().workers.is_none() {
+        return tree(0, n, &leaf);
     }
+    let sums: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+    for_each_block(len, |b| sums[b].store(leaf(b).to_bits(), Ordering::Relaxed));
+    // `for_each_block` has joined every worker: all stores are visible here.
+    tree(0, n, &|b| f64::from_bits(sums[b].load(Ordering::Relaxed)))
 }
 
-fn tree(lo: usize, hi: usize, leaf: &(impl Fn(usize) -> f64 + Sync), parallel: bool) -> f64 {
+/// The fixed pairwise tree: the sum over `lo..hi` is the sum over the first half plus the sum
+/// over the second.
+fn tree(lo: usize, hi: usize, leaf: &impl Fn(usize) -> f64) -> f64 {
     match hi - lo {
         0 => 0.0,
         1 => leaf(lo),
         n => {
             let mid = lo + n / 2;
-            if parallel && n > SERIAL_BLOCKS {
-                let (a, b) =
-                    rayon::join(|| tree(lo, mid, leaf, true), || tree(mid, hi, leaf, true));
-                a + b
-            } else {
-                tree(lo, mid, leaf, false) + tree(mid, hi, leaf, false)
-            }
+            tree(lo, mid, leaf) + tree(mid, hi, leaf)
         }
-    }
-}
-
-/// Runs `each(b)` for every block of a walk of `len` elements (in parallel when large).
-pub(crate) fn for_each_block(len: usize, each: impl Fn(usize) + Sync + Send) {
-    let n = blocks(len);
-    match pool_for(len) {
-        Some(p) => p.install(|| (0..n).into_par_iter().for_each(each)),
-        None => (0..n).for_each(each),
     }
 }
 
@@ -134,11 +153,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tree_is_the_same_serial_and_parallel() {
-        let leaf = |b: usize| 1.0 / (b as f64 + 1.0);
-        let serial = tree(0, 1000, &leaf, false);
-        let parallel = tree(0, 1000, &leaf, true);
-        assert_eq!(serial.to_bits(), parallel.to_bits());
+    fn the_tree_is_fixed() {
+        assert_eq!(tree(0, 3, &|b| [1.0, 2.0, 3.0][b]), 1.0 + (2.0 + 3.0));
+        assert_eq!(tree(0, 0, &|_| 1.0), 0.0);
+    }
+
+    #[test]
+    fn every_block_once_whatever_the_threads() {
+        let len = 100 * BLOCK + 7;
+        for n in [1, 2, 3] {
+            set_num_threads(n);
+            let seen: Vec<AtomicUsize> = (0..blocks(len)).map(|_| AtomicUsize::new(0)).collect();
+            for_each_block(len, |b| {
+                seen[b].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+            let leaf = |b: usize| 1.0 / (b as f64 + 1.0);
+            assert_eq!(
+                tree_sum(len, leaf).to_bits(),
+                tree(0, blocks(len), &leaf).to_bits()
+            );
+        }
+        set_num_threads(0);
     }
 
     #[test]
