@@ -11,7 +11,7 @@ use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 use crate::error::Error;
 use crate::float::Float;
 use crate::loss::{common_shape, divisor, Reduction};
-use crate::parallel::{block_range, for_each_block, tree_sum};
+use crate::parallel::{for_each_block, tree_sum};
 use crate::reduce::{fold_lanes, sum_terms, Lanes, LANES};
 use crate::simd::{dispatch, Kernel};
 use crate::terms::{grad_input_with, grad_target_with, term_with, transcendental_slice};
@@ -93,11 +93,11 @@ where
             ],
         )
     };
-    let len = walk.len();
+    let blocks = walk.blocks();
     let each = |b: usize| {
         for_runs(
             &walk,
-            block_range(b, len),
+            blocks.range(b),
             &srcs,
             &dsts,
             |_, [g, x, t], [gx, gt]| {
@@ -113,7 +113,7 @@ where
             },
         )
     };
-    for_each_block(len, each);
+    for_each_block(blocks, each);
     Ok(())
 }
 
@@ -229,11 +229,11 @@ where
             ],
         )
     };
-    let len = walk.len();
-    for_each_block(len, |b| {
+    let blocks = walk.blocks();
+    for_each_block(blocks, |b| {
         for_runs(
             &walk,
-            block_range(b, len),
+            blocks.range(b),
             &srcs,
             &dsts,
             |_, [x, t], [loss, gx]| {
@@ -276,13 +276,13 @@ pub(crate) fn fused_sum<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
         )
     };
     let g = 1.0 / divisor;
-    let len = walk.len();
-    Ok(f64::from_f64(tree_sum(len, |b| {
+    let blocks = walk.blocks();
+    Ok(f64::from_f64(tree_sum(blocks, |b| {
         let mut acc = [0.0; LANES];
         let mut tr = [T::default(); TILE];
         for_runs(
             &walk,
-            block_range(b, len),
+            blocks.range(b),
             &srcs,
             &dsts,
             |first, [x, t], [gx]| {

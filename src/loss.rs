@@ -5,8 +5,8 @@ use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
 use crate::error::Error;
 use crate::float::Float;
-use crate::parallel::{block_range, for_each_block, tree_sum};
-use crate::reduce::{fold_lanes, Sum, LANES};
+use crate::parallel::{for_each_block, tree_sum, tree_sum_by, Blocks, BLOCK};
+use crate::reduce::{fold_lanes, ColumnSum, Sum, LANES};
 use crate::simd::dispatch;
 use crate::terms::Terms;
 use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Walk, TILE};
@@ -186,27 +186,87 @@ pub(crate) fn common_shape(input: &[usize], target: &[usize]) -> Result<Vec<usiz
 }
 
 fn sum_walk<T: Float>(walk: &Walk<2>, x: Src<'_, T>, t: Src<'_, T>, log_target: bool) -> f64 {
-    let len = walk.len();
-    tree_sum(len, |b| {
+    let blocks = walk.blocks();
+    if let Some((rows, row_steps, col_steps)) = walk.transposed() {
+        return sum_transposed(blocks, rows, (row_steps, col_steps), [x, t], log_target);
+    }
+    tree_sum(blocks, |b| {
         let mut acc = [0.0; LANES];
         let mut tr = [T::default(); TILE];
-        for_runs(
-            walk,
-            block_range(b, len),
-            &[x, t],
-            &[],
-            |first, [x, t], []| {
-                dispatch(Sum {
-                    tr: &mut tr,
-                    acc: &mut acc,
-                    first,
-                    x,
-                    t,
-                    log_target,
-                })
-            },
-        );
+        for_runs(walk, blocks.range(b), &[x, t], &[], |first, [x, t], []| {
+            dispatch(Sum {
+                tr: &mut tr,
+                acc: &mut acc,
+                first,
+                x,
+                t,
+                log_target,
+            })
+        });
         fold_lanes(&acc)
+    })
+}
+
+/// Rows read together by [`sum_transposed`] (at most `TILE`), and how many columns ahead it
+/// prefetches.
+const GROUP: usize = 128;
+const PREFETCH: usize = 16;
+
+/// [`sum_walk`] for a transposed walk: a group of [`GROUP`] rows is read column by column (each
+/// column contiguous in memory), and the terms of a column are added to lane `column % LANES`
+/// of each row's accumulators. Every lane of every block still sees its elements in logical
+/// order, and the lanes are folded in canonical order at each block's end, so every block has
+/// the same bits as on the row-by-row path.
+fn sum_transposed<T: Float>(
+    blocks: &Blocks,
+    rows: usize,
+    (row_steps, col_steps): ([isize; 2], [isize; 2]),
+    [x, t]: [Src<'_, T>; 2],
+    log_target: bool,
+) -> f64 {
+    let row = blocks.row();
+    tree_sum_by(blocks, rows.div_ceil(GROUP), 1, |g, store| {
+        let (r0, nr) = (g * GROUP, GROUP.min(rows - g * GROUP));
+        // acc[k][r]: the lane of row r0 + r that columns c with c % LANES == k add to.
+        let mut acc = [[0.0; GROUP]; LANES];
+        let (mut tx, mut tt, mut tr) = (
+            [T::default(); TILE],
+            [T::default(); TILE],
+            [T::default(); TILE],
+        );
+        for c in 0..row {
+            let at = |k: usize, c: usize| r0 as isize * row_steps[k] + c as isize * col_steps[k];
+            // Each column starts on a new page, beyond the hardware prefetchers: ask ahead.
+            if c + PREFETCH < row {
+                x.prefetch(at(0, c + PREFETCH), row_steps[0], nr);
+                t.prefetch(at(1, c + PREFETCH), row_steps[1], nr);
+            }
+            let (at0, at1) = (at(0, c), at(1, c));
+            let x = x.run(at0, row_steps[0], nr, &mut tx);
+            let t = t.run(at1, row_steps[1], nr, &mut tt);
+            let acc_k = &mut acc[c % LANES][..nr];
+            dispatch(ColumnSum {
+                tr: &mut tr,
+                acc: acc_k,
+                x,
+                t,
+                log_target,
+            });
+            if (c + 1) % BLOCK == 0 || c + 1 == row {
+                let j = c / BLOCK;
+                for r in 0..nr {
+                    // Element (r, c) has logical index (r0 + r) * row + c: its lane is that mod
+                    // LANES, i.e. column lane k shifted by the row's start.
+                    let shift = (r0 + r) * row % LANES;
+                    let mut lanes = [0.0; LANES];
+                    for (k, acc_k) in acc.iter_mut().enumerate() {
+                        lanes[(shift + k) % LANES] = acc_k[r];
+                        acc_k[r] = 0.0;
+                    }
+                    store(blocks.index(r0 + r, j), fold_lanes(&lanes));
+                }
+            }
+        }
     })
 }
 
@@ -217,11 +277,11 @@ fn terms_walk<T: Float>(
     out: Dst<'_, T>,
     log_target: bool,
 ) {
-    let len = walk.len();
-    for_each_block(len, |b| {
+    let blocks = walk.blocks();
+    for_each_block(blocks, |b| {
         for_runs(
             walk,
-            block_range(b, len),
+            blocks.range(b),
             &[x, t],
             &[out],
             |_, [x, t], [out]| {

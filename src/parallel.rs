@@ -1,7 +1,8 @@
 //! Where parallelism lives: kldiv's thread pool, fixed blocks, and the fixed combining tree.
 //!
-//! Work is cut into blocks of [`BLOCK`] consecutive logical indices; block `b` always covers
-//! `b * BLOCK .. (b + 1) * BLOCK`, whatever the thread count. The calling thread and the pool's
+//! Work is cut into blocks of at most [`BLOCK`] consecutive logical indices that never cross a
+//! canonical row (see [`Blocks`]); which indices a block covers depends on the logical shape
+//! alone, never on the thread count or the memory layout. The calling thread and the pool's
 //! workers claim chunks of blocks from a shared counter (so the caller starts at once and the
 //! workers join as soon as they wake), each block's sum is stored in its own slot, and the
 //! slots are combined by a fixed pairwise tree over block indices: who computed a block never
@@ -14,6 +15,8 @@ use std::sync::{Arc, Mutex};
 pub(crate) const BLOCK: usize = 4096;
 /// Below this many elements a kernel stays on the calling thread.
 pub(crate) const PARALLEL_MIN: usize = 1 << 16;
+/// Canonical rows are at least this long (unless the whole shape is shorter).
+pub(crate) const ROW_MIN: usize = 256;
 /// Blocks claimed at a time.
 const CHUNK_BLOCKS: usize = 4;
 
@@ -83,37 +86,86 @@ pub fn get_num_threads() -> usize {
     threads().n
 }
 
-/// Logical index range of block `b` of a walk of `len` elements.
-#[inline]
-pub(crate) fn block_range(b: usize, len: usize) -> (usize, usize) {
-    (b * BLOCK, ((b + 1) * BLOCK).min(len))
+/// The fixed blocks of a logical shape.
+///
+/// The shape is seen as rows of `row` elements: `row` is the product of the trailing axes,
+/// taken until it reaches [`ROW_MIN`] (all of them for small shapes). Each row is cut into
+/// blocks of [`BLOCK`] elements (the last one shorter), so a block never spans two rows: a
+/// traversal may then visit several rows at once (see the transposed path of the sums)
+/// without changing any block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Blocks {
+    len: usize,
+    row: usize,
+    per_row: usize,
 }
 
-/// Number of blocks covering `len` elements.
-#[inline]
-pub(crate) fn blocks(len: usize) -> usize {
-    len.div_ceil(BLOCK)
+impl Blocks {
+    /// The blocks of a logical `shape` (not merged: the same for every layout).
+    pub(crate) fn new(shape: &[usize]) -> Blocks {
+        let len: usize = shape.iter().product();
+        let mut row = 1usize;
+        for &d in shape.iter().rev() {
+            if row >= ROW_MIN {
+                break;
+            }
+            row = row.saturating_mul(d);
+        }
+        let row = row.max(1);
+        Blocks {
+            len,
+            row,
+            per_row: row.div_ceil(BLOCK),
+        }
+    }
+
+    /// The number of logical elements.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The length of a canonical row.
+    pub(crate) fn row(&self) -> usize {
+        self.row
+    }
+
+    /// The number of blocks.
+    pub(crate) fn count(&self) -> usize {
+        self.len / self.row * self.per_row
+    }
+
+    /// The index of block `j` of row `r`.
+    pub(crate) fn index(&self, r: usize, j: usize) -> usize {
+        r * self.per_row + j
+    }
+
+    /// The logical index range of block `b`.
+    #[inline]
+    pub(crate) fn range(&self, b: usize) -> (usize, usize) {
+        let (r, j) = (b / self.per_row, b % self.per_row);
+        let start = r * self.row + j * BLOCK;
+        (start, (start + BLOCK).min((r + 1) * self.row))
+    }
 }
 
-/// Runs `each(b)` once for every block of a walk of `len` elements: on the calling thread
-/// alone for small inputs, else on the caller and the workers, chunks claimed dynamically.
-pub(crate) fn for_each_block(len: usize, each: impl Fn(usize) + Sync) {
-    let n = blocks(len);
+/// Runs `each(i)` once for every `i in 0..tasks`: on the calling thread alone for small
+/// inputs (`len` elements in all), else on the caller and the workers, claimed in chunks.
+pub(crate) fn for_each_task(len: usize, tasks: usize, chunk: usize, each: impl Fn(usize) + Sync) {
     let workers = if len < PARALLEL_MIN {
         None
     } else {
         threads().workers
     };
     let Some(pool) = workers else {
-        return (0..n).for_each(each);
+        return (0..tasks).for_each(each);
     };
     let next = AtomicUsize::new(0);
     let claim = || loop {
-        let first = next.fetch_add(CHUNK_BLOCKS, Ordering::Relaxed);
-        if first >= n {
+        let first = next.fetch_add(chunk, Ordering::Relaxed);
+        if first >= tasks {
             break;
         }
-        (first..(first + CHUNK_BLOCKS).min(n)).for_each(&each);
+        (first..(first + chunk).min(tasks)).for_each(&each);
     };
     pool.in_place_scope(|scope| {
         for _ in 0..pool.current_num_threads() {
@@ -123,15 +175,34 @@ pub(crate) fn for_each_block(len: usize, each: impl Fn(usize) + Sync) {
     });
 }
 
-/// The sum over blocks `0..blocks(len)` of `leaf(b)`, combined in a fixed pairwise tree.
-pub(crate) fn tree_sum(len: usize, leaf: impl Fn(usize) -> f64 + Sync) -> f64 {
-    let n = blocks(len);
-    if len < PARALLEL_MIN || threads().workers.is_none() {
+/// Runs `each(b)` once for every block (in parallel when large).
+pub(crate) fn for_each_block(blocks: &Blocks, each: impl Fn(usize) + Sync) {
+    for_each_task(blocks.len(), blocks.count(), CHUNK_BLOCKS, each)
+}
+
+/// The sum over all blocks of `leaf(b)`, combined in the fixed pairwise tree.
+pub(crate) fn tree_sum(blocks: &Blocks, leaf: impl Fn(usize) -> f64 + Sync) -> f64 {
+    let n = blocks.count();
+    if blocks.len() < PARALLEL_MIN || threads().workers.is_none() {
         return tree(0, n, &leaf);
     }
+    tree_sum_by(blocks, n, CHUNK_BLOCKS, |b, store| store(b, leaf(b)))
+}
+
+/// The sum over all blocks, combined in the fixed pairwise tree, where `task(i, store)` for
+/// `i in 0..tasks` computes some blocks' sums and hands each to `store(block, sum)`; every
+/// block must be stored by exactly one task.
+pub(crate) fn tree_sum_by(
+    blocks: &Blocks,
+    tasks: usize,
+    chunk: usize,
+    task: impl Fn(usize, &dyn Fn(usize, f64)) + Sync,
+) -> f64 {
+    let n = blocks.count();
     let sums: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
-    for_each_block(len, |b| sums[b].store(leaf(b).to_bits(), Ordering::Relaxed));
-    // `for_each_block` has joined every worker: all stores are visible here.
+    let store = |b: usize, v: f64| sums[b].store(v.to_bits(), Ordering::Relaxed);
+    for_each_task(blocks.len(), tasks, chunk, |i| task(i, &store));
+    // `for_each_task` has joined every worker: all stores are visible here.
     tree(0, n, &|b| f64::from_bits(sums[b].load(Ordering::Relaxed)))
 }
 
@@ -160,27 +231,41 @@ mod tests {
 
     #[test]
     fn every_block_once_whatever_the_threads() {
-        let len = 100 * BLOCK + 7;
+        let blocks = Blocks::new(&[100 * BLOCK + 7]);
         for n in [1, 2, 3] {
             set_num_threads(n);
-            let seen: Vec<AtomicUsize> = (0..blocks(len)).map(|_| AtomicUsize::new(0)).collect();
-            for_each_block(len, |b| {
+            let seen: Vec<AtomicUsize> = (0..blocks.count()).map(|_| AtomicUsize::new(0)).collect();
+            for_each_block(&blocks, |b| {
                 seen[b].fetch_add(1, Ordering::Relaxed);
             });
             assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == 1));
             let leaf = |b: usize| 1.0 / (b as f64 + 1.0);
             assert_eq!(
-                tree_sum(len, leaf).to_bits(),
-                tree(0, blocks(len), &leaf).to_bits()
+                tree_sum(&blocks, leaf).to_bits(),
+                tree(0, blocks.count(), &leaf).to_bits()
             );
         }
         set_num_threads(0);
     }
 
     #[test]
-    fn blocks_cover_exactly() {
-        assert_eq!(blocks(0), 0);
-        assert_eq!(blocks(BLOCK), 1);
-        assert_eq!(block_range(1, BLOCK + 3), (BLOCK, BLOCK + 3));
+    fn blocks_never_cross_a_row() {
+        let b = Blocks::new(&[0]);
+        assert_eq!(b.count(), 0);
+        let b = Blocks::new(&[]); // 0-d: one element
+        assert_eq!((b.count(), b.range(0)), (1, (0, 1)));
+        let b = Blocks::new(&[3, 10_000]); // rows of 10,000: 3 blocks each
+        assert_eq!((b.row(), b.count()), (10_000, 9));
+        assert_eq!(b.range(2), (8192, 10_000));
+        assert_eq!(b.range(3), (10_000, 10_000 + BLOCK));
+        let b = Blocks::new(&[1_000_000, 2, 3]); // short rows: all axes make one row
+        assert_eq!(
+            (b.row(), b.count()),
+            (6_000_000, 6_000_000usize.div_ceil(BLOCK))
+        );
+        let b = Blocks::new(&[7, 16, 64]); // 16 * 64 = 1024 >= ROW_MIN
+        assert_eq!((b.row(), b.count()), (1024, 7));
+        let b = Blocks::new(&[301, 997]);
+        assert_eq!((b.row(), b.count(), b.range(1)), (997, 301, (997, 1994)));
     }
 }

@@ -92,6 +92,43 @@ impl<T: Float> Kernel for Sum<'_, T> {
     }
 }
 
+/// `acc[i] += term(x[i], t[i])` for one column of a transposed walk: element `i` belongs to
+/// row `i` of a group of rows, and `acc` holds one lane of each of those rows.
+#[inline(always)]
+pub(crate) fn column_sum<const LOG_TARGET: bool, T: Float>(
+    tr: &mut [T; TILE],
+    acc: &mut [f64],
+    x: &[T],
+    t: &[T],
+) {
+    let tr = &mut tr[..x.len()];
+    transcendental_slice::<LOG_TARGET, T>(t, tr);
+    for (((a, &x), &t), &tr) in acc.iter_mut().zip(x).zip(t).zip(tr.iter()) {
+        *a += term_with::<LOG_TARGET, T>(x, t, tr);
+    }
+}
+
+/// [`column_sum`] as a [`Kernel`] for [`crate::simd::dispatch`].
+pub(crate) struct ColumnSum<'a, T> {
+    pub tr: &'a mut [T; TILE],
+    pub acc: &'a mut [f64],
+    pub x: &'a [T],
+    pub t: &'a [T],
+    pub log_target: bool,
+}
+
+impl<T: Float> Kernel for ColumnSum<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        if self.log_target {
+            column_sum::<true, T>(self.tr, self.acc, self.x, self.t)
+        } else {
+            column_sum::<false, T>(self.tr, self.acc, self.x, self.t)
+        }
+    }
+}
+
 /// Folds the lanes in a fixed tree: lane `i` plus lane `i + 8`, then `i + 4`, `i + 2`, `i + 1`.
 #[inline]
 pub(crate) fn fold_lanes(acc: &Lanes) -> f64 {

@@ -10,6 +10,7 @@
 use std::marker::PhantomData;
 
 use crate::error::Error;
+use crate::parallel::Blocks;
 
 /// Elements per stack tile for strided runs.
 pub(crate) const TILE: usize = 512;
@@ -66,6 +67,7 @@ pub(crate) struct Walk<const K: usize> {
     shape: Vec<usize>,
     strides: Vec<[isize; K]>,
     len: usize,
+    blocks: Blocks,
 }
 
 impl<const K: usize> Walk<K> {
@@ -102,12 +104,28 @@ impl<const K: usize> Walk<K> {
             shape: dims,
             strides: strs,
             len,
+            blocks: Blocks::new(shape),
         })
     }
 
-    /// Number of logical elements.
-    pub(crate) fn len(&self) -> usize {
-        self.len
+    /// The fixed blocks of the logical shape (the same for every layout).
+    pub(crate) fn blocks(&self) -> &Blocks {
+        &self.blocks
+    }
+
+    /// `Some((rows, row_steps, column_steps))` when the walk is a transposed matrix: `rows`
+    /// canonical rows (one axis each), every operand 0 or 1 element apart from one row to the
+    /// next, and some operand not contiguous along a row (Fortran order, `.T` views). Reading
+    /// such a walk row by row touches a new cache line at every element; reading a group of
+    /// rows column by column uses whole lines.
+    pub(crate) fn transposed(&self) -> Option<(usize, [isize; K], [isize; K])> {
+        if self.shape.len() != 2 || self.shape[1] != self.blocks.row() {
+            return None;
+        }
+        let (rows, cols) = (self.strides[0], self.strides[1]);
+        let near = rows.iter().all(|s| s.unsigned_abs() <= 1);
+        let strided = cols.iter().any(|&s| s != 1);
+        (near && strided).then_some((self.shape[0], rows, cols))
     }
 
     /// Element strides of each operand along the (merged) last axis.
@@ -231,6 +249,39 @@ impl<'a, T: Copy> Src<'a, T> {
             &tile[..len]
         }
     }
+}
+
+impl<T> Src<'_, T> {
+    /// Asks the CPU to start loading the cache lines of a run (see [`Src::run`]) that will be
+    /// read soon; only for contiguous runs (other strides are left to the hardware).
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, offset: isize, stride: isize, len: usize) {
+        if stride.unsigned_abs() != 1 {
+            return;
+        }
+        let line = (64 / std::mem::size_of::<T>().max(1)) as isize;
+        let mut i = 0;
+        while i < len as isize + line {
+            prefetch(
+                self.ptr
+                    .wrapping_offset(offset + stride * i.min(len as isize - 1)),
+            );
+            i += line;
+        }
+    }
+}
+
+/// Asks the CPU to bring the cache line at `p` into L1 (no effect on other targets).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program, so
+    // any address is allowed (`p` may lie outside the view: it is made with `wrapping_offset`).
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// A writable operand: the address of logical index 0 of a mutable view.
@@ -384,7 +435,7 @@ mod tests {
         // A long contiguous axis is cut into tiles.
         let w = Walk::<1>::new(&[2 * TILE + 1], [&[1]]).unwrap();
         let mut lens = Vec::new();
-        w.runs(0, w.len(), |r| lens.push((r.len, r.offsets[0])));
+        w.runs(0, w.blocks().len(), |r| lens.push((r.len, r.offsets[0])));
         assert_eq!(
             lens,
             vec![(TILE, 0), (TILE, TILE as isize), (1, 2 * TILE as isize)]
@@ -394,9 +445,9 @@ mod tests {
     #[test]
     fn zero_dim_and_empty() {
         let w = Walk::<2>::new(&[], [&[], &[]]).unwrap();
-        assert_eq!(w.len(), 1);
+        assert_eq!(w.blocks().len(), 1);
         let w = Walk::<2>::new(&[3, 0], [&[0, 1], &[0, 1]]).unwrap();
-        assert_eq!(w.len(), 0);
+        assert_eq!(w.blocks().len(), 0);
         w.runs(0, 0, |_| panic!("no runs in an empty walk"));
     }
 
