@@ -240,6 +240,10 @@ impl<'a, T: Copy> Src<'a, T> {
             // SAFETY: by the contract of `new`, the elements `offset..offset + len` lie inside
             // the borrowed view, which is contiguous along this run (stride 1).
             unsafe { std::slice::from_raw_parts(self.ptr.offset(offset), len) }
+        } else if stride == 0 {
+            // SAFETY: `offset` is the offset of a logical index in the view (contract of `new`).
+            tile[..len].fill(unsafe { *self.ptr.offset(offset) });
+            &tile[..len]
         } else {
             for (i, v) in tile[..len].iter_mut().enumerate() {
                 // SAFETY: `offset + i * stride` is the offset of a logical index in the view

@@ -152,7 +152,9 @@ def kl_div_backward(
     gx_full = _full(gx, p, p.x_shape, p.x_dtype)
     gt_full = _full(gt, p, p.t_shape, p.t_dtype)
     divisor = _divisor(reduction, p)
-    p.kernels.backward(g, divisor, p.x, p.t, gx_full, gt_full, bool(log_target))
+    p.kernels.backward(
+        p.view(g), divisor, p.x, p.t, p.view(gx_full), p.view(gt_full), bool(log_target)
+    )
     return (
         _reduce_to(gx_full, p.x_shape, p.x_dtype, gx),
         _reduce_to(gt_full, p.t_shape, p.t_dtype, gt),
@@ -199,12 +201,13 @@ def kl_div_and_grad(
     gx_full = _full(out, p, p.x_shape, p.x_dtype)
     if reduction == "none":
         loss = np.empty(p.shape, dtype=p.compute)
-        p.kernels.terms_and_grad(p.x, p.t, loss, gx_full, bool(log_target))
+        p.kernels.terms_and_grad(p.x, p.t, p.view(loss), p.view(gx_full), bool(log_target))
         value: Result = loss.astype(p.result, copy=False)
     else:
         divisor = _divisor(reduction, p)
         value = _scalar(
-            p.kernels.reduce_and_grad(p.x, p.t, divisor, gx_full, bool(log_target)), p.result
+            p.kernels.reduce_and_grad(p.x, p.t, divisor, p.view(gx_full), bool(log_target)),
+            p.result,
         )
     return value, _reduce_to(gx_full, p.x_shape, p.x_dtype, out)
 
@@ -258,9 +261,24 @@ class _Prepared:
             else:
                 self.result = _native(np.result_type(self.x_dtype, self.t_dtype))
             self.compute = _F32 if self.result == _F16 else self.result
-            self.x = _for_kernel(x, self.compute)
-            self.t = _for_kernel(t, self.compute)
+            self.x = self.view(_for_kernel(x, self.compute))
+            self.t = self.view(_for_kernel(t, self.compute))
         self.kernels = _KERNELS[self.compute]
+
+    def view(self, a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """``a`` as the kernels take it. The extension module (rust-numpy) takes at most
+        ``MAX_KERNEL_DIMS`` dimensions, NumPy arrays up to 64: beyond that, the axes of length
+        1 in the loss's shape, which change nothing, are dropped (a view, no copy)."""
+        if len(self.shape) <= MAX_KERNEL_DIMS:
+            return a
+        keep = [i for i, n in enumerate(self.shape) if n != 1]
+        if len(keep) > MAX_KERNEL_DIMS:
+            raise ValueError(
+                f"the broadcast shape {self.shape} has more than {MAX_KERNEL_DIMS} dimensions "
+                "longer than 1; kldiv supports up to that many"
+            )
+        full = a.reshape((1,) * (len(self.shape) - a.ndim) + a.shape)
+        return full[tuple(slice(None) if i in keep else 0 for i in range(len(self.shape)))]
 
 
 class _Kernels:
@@ -275,6 +293,7 @@ class _Kernels:
 
 
 _F16, _F32, _F64 = _FLOATS
+MAX_KERNEL_DIMS = 32
 _KERNELS = {_F32: _Kernels("f32"), _F64: _Kernels("f64")}
 
 
@@ -299,7 +318,7 @@ def _kl_div(
         if out is not None:
             _check_out(out, p.shape, p.result, "out", p)
         dest = out if out is not None and p.result == p.compute else np.empty(p.shape, p.compute)
-        p.kernels.terms(p.x, p.t, dest, bool(log_target))
+        p.kernels.terms(p.x, p.t, p.view(dest), bool(log_target))
         if dest is out:
             return out
         if out is not None:
@@ -344,11 +363,7 @@ def _grad_output(grad_output: npt.ArrayLike, reduction: str, p: _Prepared) -> np
             f"grad_output must be a scalar for reduction={reduction!r}, got shape {g.shape}"
         )
     if reduction == "none":
-        try:
-            fits = np.broadcast_shapes(g.shape, p.shape) == p.shape
-        except ValueError:
-            fits = False
-        if not fits:
+        if _broadcast_shapes(g.shape, p.shape) != p.shape:
             raise ValueError(
                 f"grad_output of shape {g.shape} does not broadcast to the loss's shape {p.shape}"
             )
@@ -431,12 +446,29 @@ def _as_float_array(obj: object, name: str) -> npt.NDArray[Any]:
 
 
 def _broadcast_shape(x: npt.NDArray[Any], t: npt.NDArray[Any]) -> tuple[int, ...]:
-    try:
-        return np.broadcast_shapes(x.shape, t.shape)
-    except ValueError:
+    shape = _broadcast_shapes(x.shape, t.shape)
+    if shape is None:
         raise ValueError(
             f"input of shape {x.shape} and target of shape {t.shape} do not broadcast together"
-        ) from None
+        )
+    return shape
+
+
+def _broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """NumPy's broadcasting rule for two shapes (``numpy.broadcast_shapes`` stops at 32
+    dimensions; arrays may have 64), or ``None`` if they do not broadcast."""
+    if len(a) < len(b):
+        a, b = b, a
+    b = (1,) * (len(a) - len(b)) + b
+    out = []
+    for m, n in zip(a, b):
+        if m == n or n == 1:
+            out.append(m)
+        elif m == 1:
+            out.append(n)
+        else:
+            return None
+    return tuple(out)
 
 
 def _for_kernel(a: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
