@@ -20,11 +20,13 @@ pub(crate) const ROW_MIN: usize = 256;
 /// Blocks claimed at a time.
 const CHUNK_BLOCKS: usize = 4;
 
-/// kldiv's threads: the caller plus `n - 1` pool workers (no pool for `n == 1`).
+/// kldiv's threads: the caller plus `n - 1` pool workers (no pool for `n == 1`), started by
+/// process `pid`.
 #[derive(Clone)]
 struct Threads {
     n: usize,
     workers: Option<Arc<rayon::ThreadPool>>,
+    pid: u32,
 }
 
 static THREADS: Mutex<Option<Threads>> = Mutex::new(None);
@@ -46,11 +48,23 @@ fn build(n: usize) -> Threads {
             .expect("kldiv: cannot start worker threads");
         Arc::new(pool)
     });
-    Threads { n, workers }
+    Threads {
+        n,
+        workers,
+        pid: std::process::id(),
+    }
 }
 
+/// The current threads. A child made by `fork` (Python's multiprocessing) inherits the pool
+/// but not its worker threads: waiting on them would hang forever, so a child starts its own
+/// pool (and leaks the parent's, whose threads do not exist here).
 fn threads() -> Threads {
     let mut guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(inherited) = guard.as_ref().filter(|t| t.pid != std::process::id()) {
+        let n = inherited.n;
+        std::mem::forget(guard.take());
+        *guard = Some(build(n));
+    }
     guard
         .get_or_insert_with(|| build(default_threads()))
         .clone()
@@ -70,8 +84,9 @@ fn threads() -> Threads {
 /// ```
 pub fn set_num_threads(n: usize) {
     let n = if n == 0 { default_threads() } else { n };
+    let current = threads();
     let mut guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
-    if guard.as_ref().map(|t| t.n) != Some(n) {
+    if current.n != n {
         *guard = Some(build(n));
     }
 }
