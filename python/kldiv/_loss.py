@@ -395,7 +395,8 @@ def _reduce_to(
         lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
     )
     if axes:
-        g = g.sum(axis=axes).reshape(shape)
+        with np.errstate(all="ignore"):  # inf + -inf is NaN, as in PyTorch: no warning
+            g = g.sum(axis=axes).reshape(shape)
     if out is not None:
         out[...] = g
         return out
