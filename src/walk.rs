@@ -5,7 +5,9 @@
 //! negative for reversed views). [`Walk`] merges axes that are contiguous for every operand
 //! and cuts a range of logical indices into runs along the last axis; [`Src`] and [`Dst`] turn a
 //! run into a slice: the memory itself when its stride is 1, a small stack tile otherwise.
-//! This module is the only place with `unsafe`: everything above it works on slices.
+//! All pointer arithmetic lives here (the kernels above work on slices); callers only build
+//! a [`Src`] or [`Dst`] from a view, under a SAFETY comment. The other `unsafe` of the crate
+//! is the SIMD dispatch (`simd.rs`).
 
 use std::marker::PhantomData;
 
