@@ -217,3 +217,46 @@ fn fused_loss_and_grad_equal_forward_and_backward() {
     }
     kldiv::set_num_threads(0);
 }
+
+#[test]
+fn hostile_shapes_work_or_error() {
+    use kldiv::kl_div_terms_into;
+    // 40 dimensions, zero-size axes anywhere, 0-d against n-d, stride-0 broadcast views
+    let deep = ArrayD::from_elem(IxDyn(&[1; 40]), -1.0f64);
+    let t = ArrayD::from_elem(IxDyn(&[2]), 0.5f64);
+    assert_eq!(
+        kl_div_terms(deep.view(), t.view(), false).unwrap().ndim(),
+        40
+    );
+    for shape in [&[0, 3][..], &[3, 0], &[2, 0, 4], &[0]] {
+        let e = ArrayD::<f32>::zeros(IxDyn(shape));
+        assert_eq!(kl_div_sum(e.view(), e.view(), true).unwrap(), 0.0);
+        assert_eq!(
+            kl_div_terms(e.view(), e.view(), false).unwrap().shape(),
+            shape
+        );
+    }
+    let scalar = ndarray::arr0(0.25f64);
+    let x = Array2::from_elem((3, 5), -2.0f64);
+    let row = x.row(0);
+    let b = row.broadcast((1000, 5)).unwrap();
+    let s = kl_div_sum(b, scalar.view(), false).unwrap();
+    assert!((s - 5000.0 * term::<false, f64>(-2.0, 0.25)).abs() < 1e-9);
+    // errors, not panics
+    let y = Array2::<f64>::zeros((4, 5));
+    assert!(kl_div_sum(x.view(), y.view(), false).is_err());
+    let mut out = Array2::<f64>::zeros((5, 3));
+    assert!(kl_div_terms_into(x.view(), x.view(), out.view_mut(), false).is_err());
+    let (mut g1, mut g2) = (Array2::<f64>::zeros((3, 5)), Array2::<f64>::zeros((3, 4)));
+    let go = Array2::<f64>::ones((2, 5));
+    assert!(kldiv::kl_div_backward_into(
+        go.view(),
+        1.0,
+        x.view(),
+        x.view(),
+        g1.view_mut(),
+        g2.view_mut(),
+        false
+    )
+    .is_err());
+}
