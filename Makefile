@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export CARGO_BUILD_JOBS ?= 2
 
-.PHONY: demo build-dev test test-rust test-python test-exhaustive lint format bench bench-rust fixtures clean
+.PHONY: demo build-dev test test-rust test-python test-exhaustive test-long lint format bench bench-rust fixtures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ lint: build-dev
 format:
 	cargo fmt
 	$(BIN)/ruff format python tests scripts benches examples
+
+## Long runs before a release: hypothesis at 100x its examples, 200,000 proptest cases, atheris.
+test-long: build-dev
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q tests/test_properties.py
+	PROPTEST_CASES=200000 cargo test -j2 --release --test proptest_api
+	$(BIN)/python -m pip install -q atheris
+	$(BIN)/python tests/fuzz_atheris.py -atheris_runs=300000
 
 ## The Python benchmark table (peers that are installed in .venv) and the criterion benches.
 bench: build-dev
