@@ -18,6 +18,18 @@ fn value_error(e: Error) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
 
+/// The float64 sum of the loss terms, not rounded (for sums over several calls).
+fn sum<T: Float + Element>(
+    py: Python<'_>,
+    x: In<'_, T>,
+    t: In<'_, T>,
+    log_target: bool,
+) -> PyResult<f64> {
+    let (x, t) = (x.as_array(), t.as_array());
+    py.detach(|| crate::kl_div_sum(x, t, log_target))
+        .map_err(value_error)
+}
+
 /// The float64 sum of the loss terms divided by `divisor` (IEEE: 0/0 is NaN), rounded to `T`.
 fn reduce<T: Float + Element>(
     py: Python<'_>,
@@ -115,6 +127,7 @@ macro_rules! per_dtype {
     (@ty bool, $t:ty) => { bool };
 }
 
+per_dtype!(sum -> f64, sum_f32, sum_f64, (input: In, target: In, log_target: bool));
 per_dtype!(reduce -> f64, reduce_f32, reduce_f64,
     (input: In, target: In, divisor: f64, log_target: bool));
 per_dtype!(terms -> (), terms_f32, terms_f64, (input: In, target: In, out: Out, log_target: bool));
@@ -146,6 +159,8 @@ fn simd_level() -> &'static str {
 
 #[pymodule]
 fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(sum_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(sum_f64, m)?)?;
     m.add_function(wrap_pyfunction!(reduce_f32, m)?)?;
     m.add_function(wrap_pyfunction!(reduce_f64, m)?)?;
     m.add_function(wrap_pyfunction!(terms_f32, m)?)?;

@@ -9,6 +9,14 @@ import numpy.typing as npt
 
 __version__: str
 
+def sum_f32(
+    input: npt.NDArray[np.float32], target: npt.NDArray[np.float32], log_target: bool
+) -> float:
+    """The float64 sum of the terms, not rounded."""
+
+def sum_f64(
+    input: npt.NDArray[np.float64], target: npt.NDArray[np.float64], log_target: bool
+) -> float: ...
 def reduce_f32(
     input: npt.NDArray[np.float32],
     target: npt.NDArray[np.float32],

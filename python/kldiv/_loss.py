@@ -285,6 +285,7 @@ class _Kernels:
     """The extension's kernels for one dtype (see ``_kldiv.pyi``)."""
 
     def __init__(self, suffix: str) -> None:
+        self.sum = getattr(_kldiv, f"sum_{suffix}")
         self.reduce = getattr(_kldiv, f"reduce_{suffix}")
         self.terms = getattr(_kldiv, f"terms_{suffix}")
         self.backward = getattr(_kldiv, f"backward_{suffix}")
@@ -330,6 +331,14 @@ def _kl_div(
         warnings.warn(_MEAN_WARNING, UserWarning, stacklevel=stacklevel)
     value = p.kernels.reduce(p.x, p.t, _divisor(reduction, p), bool(log_target))
     return p.result.type(value) if p.result is not _F16 else _scalar(value, p.result)
+
+
+def partial_sum(input: npt.ArrayLike, target: npt.ArrayLike, log_target: bool = False) -> float:
+    """The float64 sum of the loss terms, not rounded: for sums over parts of larger arrays
+    (the command line's blocks, Dask's chunks). Arguments as for :func:`kl_div`."""
+    check_options("sum", log_target)
+    p = _Prepared(input, target)
+    return p.kernels.sum(p.x, p.t, bool(log_target))
 
 
 def _divisor(reduction: str, p: _Prepared) -> float:
