@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export CARGO_BUILD_JOBS ?= 2
 
-.PHONY: demo build-dev test test-rust test-python test-exhaustive test-long lint format bench bench-rust fixtures clean
+.PHONY: demo build-dev test test-rust test-python test-torch test-exhaustive test-long lint format bench bench-rust fixtures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,8 @@ demo: $(BIN)/python
 
 ## Editable install (maturin develop, release build) with the test tools.
 build-dev: $(BIN)/python
-	$(BIN)/python -m pip install -q "maturin>=1.5,<2" numpy pytest hypothesis "ruff==0.17.*"
+	$(BIN)/python -m pip install -q "maturin>=1.5,<2" numpy pytest hypothesis "ruff==0.17.*" \
+		"dask[array]" distributed
 	$(BIN)/maturin develop --release -q
 
 ## Every test: the crate alone (cargo test), then the Python package (pytest).
@@ -26,6 +27,15 @@ test: build-dev test-rust test-python
 test-rust:
 	cargo test -j2
 	cargo test -j2 --release --test simd_levels
+
+## kldiv.torch against PyTorch: installs PyTorch from PyPI into .venv (a large download, kept in
+## pip's cache); if the install fails (no network, no disk), says so loudly and skips only these.
+test-torch: build-dev
+	@if $(BIN)/python -m pip install -q torch; then \
+		$(BIN)/python -m pytest -q tests/test_torch.py; \
+	else \
+		echo "!!! test-torch: PyTorch could not be installed: kldiv.torch was NOT tested !!!" >&2; \
+	fi
 
 ## ln and exp over all 2^32 float32 inputs, at each SIMD level the CPU has (release mode).
 test-exhaustive:

@@ -341,6 +341,19 @@ def partial_sum(input: npt.ArrayLike, target: npt.ArrayLike, log_target: bool = 
     return p.kernels.sum(p.x, p.t, bool(log_target))
 
 
+def grad_part(
+    input: npt.ArrayLike, target: npt.ArrayLike, divisor: float, log_target: bool = False
+) -> npt.NDArray[Any]:
+    """The input gradient (for a grad_output of 1) of a loss whose sum is divided by
+    ``divisor``, over one part of larger arrays (Dask's chunks): the same bits as the part of
+    :func:`kl_div_and_grad`'s gradient over the whole arrays."""
+    check_options("sum", log_target)
+    p = _Prepared(input, target)
+    gx = np.empty(p.shape, dtype=p.compute)
+    p.kernels.reduce_and_grad(p.x, p.t, float(divisor), p.view(gx), bool(log_target))
+    return _reduce_to(gx, p.x_shape, p.x_dtype, None)
+
+
 def _divisor(reduction: str, p: _Prepared) -> float:
     """What the reduction divides the sum by (1 for "sum" and "none")."""
     if reduction == "mean":
