@@ -18,6 +18,7 @@ from . import _kldiv
 
 Reduction = Literal["none", "sum", "mean", "batchmean"]
 REDUCTIONS: tuple[str, ...] = ("none", "sum", "mean", "batchmean")
+_REDUCTION_SET = frozenset(REDUCTIONS)
 Result = Union[np.floating[Any], npt.NDArray[np.floating[Any]]]
 
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -329,7 +330,8 @@ def _kl_div(
 
     if reduction == "mean":
         warnings.warn(_MEAN_WARNING, UserWarning, stacklevel=stacklevel)
-    value = p.kernels.reduce(p.x, p.t, _divisor(reduction, p), bool(log_target))
+    divisor = 1.0 if reduction == "sum" else _divisor(reduction, p)
+    value = p.kernels.reduce(p.x, p.t, divisor, log_target is True or bool(log_target))
     return p.result.type(value) if p.result is not _F16 else _scalar(value, p.result)
 
 
@@ -445,6 +447,8 @@ def _check_out(
 
 def check_options(reduction: object, log_target: object) -> None:
     """Raises the errors of a bad ``reduction`` or ``log_target``."""
+    if type(reduction) is str and reduction in _REDUCTION_SET and type(log_target) is bool:
+        return  # the common case, cheaply
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(
             f"reduction must be one of {', '.join(repr(r) for r in REDUCTIONS)}; got {reduction!r}"
