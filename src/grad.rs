@@ -1,7 +1,7 @@
 //! Gradients: PyTorch's autograd results for both arguments, and the loss with its input
 //! gradient fused in one pass (the training step's hot path).
 //!
-//! The elementwise derivatives are [`grad_input`] and [`grad_target`] beside the formula in
+//! The elementwise derivatives are [`crate::grad_input`] and [`crate::grad_target`] beside the formula in
 //! `terms.rs`. A reduced loss's gradient is known before the pass (`1 / divisor` for every
 //! element), so [`kl_div_and_grad_into`] reads each element once, adds its term to the sum and
 //! writes its gradient in the same loop.
@@ -19,7 +19,7 @@ use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Walk, 
 
 /// Both gradients of the loss for an incoming gradient `grad_output`, as PyTorch's autograd
 /// computes them: `grad_input = d/dx`, `grad_target = d/dt`, each `grad_output / divisor`
-/// times the elementwise derivative (see [`grad_input`], [`grad_target`]).
+/// times the elementwise derivative (see [`crate::grad_input`], [`crate::grad_target`]).
 ///
 /// `grad_output` broadcasts to the loss's shape (a 0-d view for a reduced loss), and `divisor`
 /// is the reduction's (1 for sum and none, the element count for mean, `input.shape()[0]` for

@@ -10,7 +10,8 @@
 //! fused pass over the data in parallel, without temporary arrays.
 //!
 //! Sums are accumulated in `f64` over fixed blocks combined in a fixed tree: the result has the
-//! same bits whatever the thread count or memory layout.
+//! same bits whatever the thread count, the memory layout or the SIMD level, which is chosen at
+//! run time (AVX-512, AVX2 or the baseline; see [`simd_level`]).
 //!
 //! ```
 //! use kldiv::{kl_div, Reduction};
@@ -22,10 +23,10 @@
 //! assert!(loss > 0.0);
 //! ```
 //!
-//! Layout: [`terms`](term) holds the formula and its derivatives, `reduce` the fused sums,
-//! `grad` the gradient kernels, `walk` the strided
-//! traversal, `parallel` the thread pool and blocks. The Python bindings (feature `python`)
-//! live in `py.rs`.
+//! Layout: `terms.rs` holds the formula and its derivatives (see [`term`]), [`math`] the `ln`
+//! and `exp` they use, `reduce.rs` the fused sums, `grad.rs` the gradient kernels, `walk.rs`
+//! the strided traversal, `parallel.rs` the thread pool and the fixed blocks, `simd.rs` the
+//! run-time dispatch. The Python bindings (feature `python`) live in `py.rs`.
 
 #![warn(missing_docs)]
 

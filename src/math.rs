@@ -1,5 +1,5 @@
 //! `ln` and `exp` for `f32` and `f64`, written once as branch-free scalar code that the compiler
-//! vectorises for every SIMD level (see [`crate::simd`]).
+//! vectorises for every SIMD level (see [`crate::simd_level`]).
 //!
 //! They use only IEEE adds, multiplies, divisions, integer bit operations and selects (no fused
 //! multiply-add, no lookup tables, no approximate reciprocals), so the scalar, AVX2 and AVX-512
