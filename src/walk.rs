@@ -68,7 +68,6 @@ pub(crate) struct Run<const K: usize> {
 pub(crate) struct Walk<const K: usize> {
     shape: Vec<usize>,
     strides: Vec<[isize; K]>,
-    len: usize,
     blocks: Blocks,
 }
 
@@ -105,7 +104,6 @@ impl<const K: usize> Walk<K> {
         Ok(Walk {
             shape: dims,
             strides: strs,
-            len,
             blocks: Blocks::new(shape),
         })
     }
@@ -138,7 +136,7 @@ impl<const K: usize> Walk<K> {
     /// Calls `f` on the runs covering logical indices `start..end`, in order; a run never
     /// crosses the end of the last axis and holds at most [`TILE`] elements.
     pub(crate) fn runs(&self, start: usize, end: usize, mut f: impl FnMut(Run<K>)) {
-        debug_assert!(start <= end && end <= self.len);
+        debug_assert!(start <= end && end <= self.blocks.len());
         if start == end {
             return;
         }
