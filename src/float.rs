@@ -12,8 +12,12 @@
 /// assert_eq!(<f32 as Float>::from_f64(0.5_f64).to_f64(), 0.5);
 /// ```
 pub trait Float:
-    Copy + Send + Sync + Default + PartialEq + std::fmt::Debug + sealed::Sealed + 'static
+    Copy + Send + Sync + Default + PartialOrd + std::fmt::Debug + sealed::Sealed + 'static
 {
+    /// Positive infinity.
+    const INFINITY: Self;
+    /// The positive quiet NaN.
+    const NAN: Self;
     /// Widens to `f64` (exact for both types).
     fn to_f64(self) -> f64;
     /// Rounds an `f64` to this type (round to nearest even, as `as` does); every NaN becomes
@@ -23,11 +27,16 @@ pub trait Float:
     /// The natural logarithm in this type's precision ([`crate::math::ln_f32`] or
     /// [`crate::math::ln_f64`]).
     fn ln(self) -> Self;
+    /// The factor `ln t` of `xlogy(t, t) = t * ln t`: [`Float::ln`], except at ±0, where it is
+    /// `self`, so that `t * t.xlog_factor()` is `+0` at `t = ±0`, as `xlogy(0, 0)` is.
+    fn xlog_factor(self) -> Self;
     /// `e^self` in this type's precision ([`crate::math::exp_f32`] or [`crate::math::exp_f64`]).
     fn exp(self) -> Self;
 }
 
 impl Float for f32 {
+    const INFINITY: Self = f32::INFINITY;
+    const NAN: Self = f32::NAN;
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self as f64
@@ -45,12 +54,18 @@ impl Float for f32 {
         crate::math::ln_f32(self)
     }
     #[inline(always)]
+    fn xlog_factor(self) -> Self {
+        crate::math::xlog_factor_f32(self)
+    }
+    #[inline(always)]
     fn exp(self) -> Self {
         crate::math::exp_f32(self)
     }
 }
 
 impl Float for f64 {
+    const INFINITY: Self = f64::INFINITY;
+    const NAN: Self = f64::NAN;
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self
@@ -66,6 +81,10 @@ impl Float for f64 {
     #[inline(always)]
     fn ln(self) -> Self {
         crate::math::ln_f64(self)
+    }
+    #[inline(always)]
+    fn xlog_factor(self) -> Self {
+        crate::math::xlog_factor_f64(self)
     }
     #[inline(always)]
     fn exp(self) -> Self {

@@ -31,7 +31,8 @@ pub fn term<const LOG_TARGET: bool, T: Float>(x: T, t: T) -> f64 {
     term_with::<LOG_TARGET, T>(x, t, transcendental::<LOG_TARGET, T>(t))
 }
 
-/// The one transcendental function of a term, in `T`'s precision: `ln t`, or `exp t` with
+/// The one transcendental function of a term, in `T`'s precision: `ln t` (as
+/// [`Float::xlog_factor`]: `t` itself at `t = ±0`, where `xlogy(t, t)` is 0), or `exp t` with
 /// `LOG_TARGET`. Kernels compute it over a whole run first (in `T`'s SIMD width), then the
 /// rest of the formula in `f64` ([`term_with`], [`grad_input_with`], [`grad_target_with`]).
 #[inline(always)]
@@ -39,7 +40,7 @@ pub(crate) fn transcendental<const LOG_TARGET: bool, T: Float>(t: T) -> T {
     if LOG_TARGET {
         t.exp()
     } else {
-        t.ln()
+        t.xlog_factor()
     }
 }
 
@@ -50,9 +51,10 @@ pub(crate) fn term_with<const LOG_TARGET: bool, T: Float>(x: T, t: T, tr: T) -> 
     if LOG_TARGET {
         tr64 * (t64 - x64)
     } else {
-        // xlogy(t, t): NaN for NaN (and negative) t, 0 for 0, t * ln(t) elsewhere.
-        let xlogy = if t64 == 0.0 { 0.0 } else { t64 * tr64 };
-        xlogy - t64 * x64
+        // xlogy(t, t) - t * x, where xlogy(t, t) = t * tr is NaN for NaN (and negative) t, +0
+        // for ±0 (`tr` is `t` there), t * ln(t) elsewhere. For f32 both products are exact in
+        // f64, so the fused multiply-add rounds exactly as the plain expression would.
+        t64.mul_add(tr64, -(t64 * x64))
     }
 }
 
@@ -104,8 +106,9 @@ pub(crate) fn grad_target_with<const LOG_TARGET: bool, T: Float>(g: f64, x: T, t
     if LOG_TARGET {
         (g * (t64 - x64)) * tr64 + g * tr64
     } else {
-        let xlogy_self_arg = if t64 == 0.0 { 0.0 } else { tr64 }; // NaN stays NaN
-        g * xlogy_self_arg + (g * t64) / t64 + (-g) * x64
+        // xlogy's derivative in its second argument is `ln t`, but 0 at t = 0: there `tr` is
+        // ±0 (NaN stays NaN); the sum is NaN there anyway, as in PyTorch, from (g * 0) / 0.
+        g * tr64 + (g * t64) / t64 + (-g) * x64
     }
 }
 
@@ -140,9 +143,13 @@ impl<T: Float> Kernel for Transcendental<'_, T> {
     #[inline(always)]
     fn run(self) {
         if self.exp {
-            transcendental_slice::<true, T>(self.t, self.out)
+            for (o, &ti) in self.out.iter_mut().zip(self.t) {
+                *o = ti.exp();
+            }
         } else {
-            transcendental_slice::<false, T>(self.t, self.out)
+            for (o, &ti) in self.out.iter_mut().zip(self.t) {
+                *o = ti.ln();
+            }
         }
     }
 }
