@@ -3,10 +3,12 @@
 //! Thin on purpose: the Python package (`python/kldiv/`) checks arguments, promotes dtypes,
 //! broadcasts and allocates; these functions take same-dtype, aligned, native-order arrays of
 //! any strides (outputs of the broadcast shape), release the GIL, and run the kernels. Each
-//! kernel is exposed once per dtype, as `<name>_f32` and `<name>_f64`.
+//! kernel is exposed once per dtype, as `<name>_f32` and `<name>_f64`, and so is `empty`,
+//! which allocates the results (see [`pool`]).
 
-use numpy::{Element, PyReadonlyArrayDyn, PyReadwriteArrayDyn};
-use pyo3::exceptions::PyValueError;
+use numpy::ndarray::{ArrayViewD, IxDyn};
+use numpy::{Element, PyArrayDyn, PyReadonlyArrayDyn, PyReadwriteArrayDyn};
+use pyo3::exceptions::{PyMemoryError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::{Error, Float};
@@ -108,6 +110,120 @@ fn terms_and_grad<T: Float + Element>(
         .map_err(value_error)
 }
 
+/// The memory of large results, kept for the next result once NumPy has freed the array.
+///
+/// A fresh large array costs a page fault per page on first write (the kernel zeroes each page:
+/// about 0.35 ns per float32 element here, as much as computing the loss). Results of at least
+/// [`MIN_BYTES`](pool::MIN_BYTES) therefore live in [`Buffer`]s: when NumPy frees such an array, its
+/// memory waits here (at most [`MAX_BYTES`](pool::MAX_BYTES) in all, the oldest freed first) and
+/// the next result of a similar size reuses it, as a loop that computes a loss and its
+/// gradient step after step does.
+mod pool {
+    use std::sync::Mutex;
+
+    /// Results smaller than this come from NumPy's allocator (malloc recycles them already).
+    pub(super) const MIN_BYTES: usize = 1 << 20;
+    /// The most memory the pool keeps.
+    pub(super) const MAX_BYTES: usize = 256 << 20;
+
+    static FREE: Mutex<Vec<Box<[u64]>>> = Mutex::new(Vec::new());
+
+    fn free() -> std::sync::MutexGuard<'static, Vec<Box<[u64]>>> {
+        FREE.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Memory for `words` words: the smallest kept buffer that holds them and is at most twice
+    /// as large, else new zeroed memory (whose pages cost nothing until written).
+    pub(super) fn take(words: usize) -> Box<[u64]> {
+        let kept = {
+            let mut free = free();
+            let best = (0..free.len())
+                .filter(|&i| free[i].len() >= words && free[i].len() / 2 <= words)
+                .min_by_key(|&i| free[i].len());
+            best.map(|i| free.remove(i))
+        };
+        kept.unwrap_or_else(|| vec![0u64; words].into_boxed_slice())
+    }
+
+    /// Keeps `buffer` for a later [`take`], dropping the oldest kept buffers beyond
+    /// [`MAX_BYTES`].
+    pub(super) fn give_back(buffer: Box<[u64]>) {
+        let dropped: Vec<Box<[u64]>> = {
+            let mut free = free();
+            free.push(buffer);
+            let mut bytes: usize = free.iter().map(|b| b.len() * 8).sum();
+            let mut n = 0;
+            while bytes > MAX_BYTES {
+                bytes -= free[n].len() * 8;
+                n += 1;
+            }
+            free.drain(..n).collect()
+        };
+        drop(dropped); // freed outside the lock
+    }
+}
+
+/// The owner of a large result's memory: the NumPy array's base object. Dropped by Python
+/// after the array, when it hands the memory back to the [`pool`].
+#[pyclass(frozen, module = "kldiv._kldiv")]
+struct Buffer {
+    /// From `Box::into_raw`; freed (handed back) once, in `drop`.
+    memory: *mut [u64],
+}
+
+// SAFETY: a `Buffer` owns its memory alone, as a `Box` would; Rust never touches the memory
+// through it, only NumPy does, through the array whose base it is, until Python drops it.
+unsafe impl Send for Buffer {}
+// SAFETY: as above; `Buffer` has no methods that read or write the memory.
+unsafe impl Sync for Buffer {}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: `memory` came from `Box::into_raw` and `drop` runs once.
+        pool::give_back(unsafe { Box::from_raw(self.memory) })
+    }
+}
+
+/// An array of `shape` for a result (C order, contents unspecified: the kernels overwrite it).
+fn empty<'py, T: Float + Element>(
+    py: Python<'py>,
+    shape: Vec<usize>,
+) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    let too_large =
+        || PyMemoryError::new_err(format!("cannot allocate an array of shape {shape:?}"));
+    let len = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(too_large)?;
+    let bytes = len
+        .checked_mul(std::mem::size_of::<T>())
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(too_large)?;
+    if bytes < pool::MIN_BYTES {
+        return Ok(PyArrayDyn::zeros(py, IxDyn(&shape), false));
+    }
+    let memory = Box::into_raw(pool::take(bytes.div_ceil(8)));
+    let data = memory as *mut T;
+    let buffer = Bound::new(py, Buffer { memory })?;
+    // SAFETY: `data` is 8-byte aligned (it holds u64s), so aligned for f32 and f64; the memory
+    // holds at least `len` elements, all initialised (zeros or an earlier result's floats).
+    let view = unsafe { ArrayViewD::from_shape_ptr(IxDyn(&shape), data) };
+    // SAFETY: `buffer` owns the memory and becomes the array's base: NumPy keeps it alive as
+    // long as the array, and nothing reallocates the memory meanwhile.
+    let array = unsafe { PyArrayDyn::borrow_from_array(&view, buffer.into_any()) };
+    Ok(array)
+}
+
+#[pyfunction]
+fn empty_f32(py: Python<'_>, shape: Vec<usize>) -> PyResult<Bound<'_, PyArrayDyn<f32>>> {
+    empty::<f32>(py, shape)
+}
+
+#[pyfunction]
+fn empty_f64(py: Python<'_>, shape: Vec<usize>) -> PyResult<Bound<'_, PyArrayDyn<f64>>> {
+    empty::<f64>(py, shape)
+}
+
 /// Defines `<name>_f32` and `<name>_f64` Python functions over one generic helper above.
 macro_rules! per_dtype {
     ($helper:ident -> $ret:ty, $f32:ident, $f64:ident, ($($arg:ident : $kind:ident),*)) => {
@@ -171,6 +287,8 @@ fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reduce_and_grad_f64, m)?)?;
     m.add_function(wrap_pyfunction!(terms_and_grad_f32, m)?)?;
     m.add_function(wrap_pyfunction!(terms_and_grad_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(empty_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(empty_f64, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;

@@ -201,7 +201,7 @@ def kl_div_and_grad(
         _check_out(out, p.x_shape, p.x_dtype, "out", p)
     gx_full = _full(out, p, p.x_shape, p.x_dtype)
     if reduction == "none":
-        loss = np.empty(p.shape, dtype=p.compute)
+        loss = p.kernels.empty(p.shape)
         p.kernels.terms_and_grad(p.x, p.t, p.view(loss), p.view(gx_full), bool(log_target))
         value: Result = loss.astype(p.result, copy=False)
     else:
@@ -292,6 +292,7 @@ class _Kernels:
         self.backward = getattr(_kldiv, f"backward_{suffix}")
         self.reduce_and_grad = getattr(_kldiv, f"reduce_and_grad_{suffix}")
         self.terms_and_grad = getattr(_kldiv, f"terms_and_grad_{suffix}")
+        self.empty = getattr(_kldiv, f"empty_{suffix}")
 
 
 _F16, _F32, _F64 = _FLOATS
@@ -319,7 +320,7 @@ def _kl_div(
     if reduction == "none":
         if out is not None:
             _check_out(out, p.shape, p.result, "out", p)
-        dest = out if out is not None and p.result == p.compute else np.empty(p.shape, p.compute)
+        dest = out if out is not None and p.result == p.compute else p.kernels.empty(p.shape)
         p.kernels.terms(p.x, p.t, p.view(dest), bool(log_target))
         if dest is out:
             return out
@@ -351,7 +352,7 @@ def grad_part(
     :func:`kl_div_and_grad`'s gradient over the whole arrays."""
     check_options("sum", log_target)
     p = _Prepared(input, target)
-    gx = np.empty(p.shape, dtype=p.compute)
+    gx = p.kernels.empty(p.shape)
     p.kernels.reduce_and_grad(p.x, p.t, float(divisor), p.view(gx), bool(log_target))
     return _reduce_to(gx, p.x_shape, p.x_dtype, None)
 
@@ -401,7 +402,7 @@ def _full(
     shape and the compute dtype, else a new array."""
     if out is not None and shape == p.shape and dtype == p.compute:
         return out
-    return np.empty(p.shape, dtype=p.compute)
+    return p.kernels.empty(p.shape)
 
 
 def _reduce_to(
