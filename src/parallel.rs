@@ -17,8 +17,14 @@ pub(crate) const BLOCK: usize = 4096;
 pub(crate) const PARALLEL_MIN: usize = 1 << 16;
 /// Canonical rows are at least this long (unless the whole shape is shorter).
 pub(crate) const ROW_MIN: usize = 256;
-/// Blocks claimed at a time.
-const CHUNK_BLOCKS: usize = 4;
+/// The most elements a thread claims at a time (in whole tasks; fewer for small inputs, so
+/// that each thread gets about [`CLAIMS_PER_THREAD`] claims or more). Each claim is an atomic
+/// add on a counter all threads share. Measured with 2 threads on 1e7 f32 elements: claims of
+/// 4 blocks of 1000 elements ran at 0.57 ns/element, of 2^14 elements at 0.44-0.50, of 2^16 at
+/// 0.39-0.42 (one thread: 0.72); rows of 10,000 gained less (0.37 -> 0.36).
+const CHUNK: usize = 1 << 16;
+/// See [`CHUNK`].
+const CLAIMS_PER_THREAD: usize = 8;
 
 /// kldiv's threads: the caller plus `n - 1` pool workers (no pool for `n == 1`), started by
 /// process `pid`.
@@ -164,8 +170,9 @@ impl Blocks {
 }
 
 /// Runs `each(i)` once for every `i in 0..tasks`: on the calling thread alone for small
-/// inputs (`len` elements in all), else on the caller and the workers, claimed in chunks.
-pub(crate) fn for_each_task(len: usize, tasks: usize, chunk: usize, each: impl Fn(usize) + Sync) {
+/// inputs (`len` elements in all, in tasks of about equal size), else on the caller and the
+/// workers, claimed in chunks (see [`CHUNK`]).
+pub(crate) fn for_each_task(len: usize, tasks: usize, each: impl Fn(usize) + Sync) {
     let workers = if len < PARALLEL_MIN {
         None
     } else {
@@ -174,6 +181,9 @@ pub(crate) fn for_each_task(len: usize, tasks: usize, chunk: usize, each: impl F
     let Some(pool) = workers else {
         return (0..tasks).for_each(each);
     };
+    let threads = pool.current_num_threads() + 1;
+    let chunk_len = CHUNK.min(len / (CLAIMS_PER_THREAD * threads));
+    let chunk = (chunk_len / (len / tasks.max(1)).max(1)).max(1);
     let next = AtomicUsize::new(0);
     let claim = || loop {
         let first = next.fetch_add(chunk, Ordering::Relaxed);
@@ -192,7 +202,7 @@ pub(crate) fn for_each_task(len: usize, tasks: usize, chunk: usize, each: impl F
 
 /// Runs `each(b)` once for every block (in parallel when large).
 pub(crate) fn for_each_block(blocks: &Blocks, each: impl Fn(usize) + Sync) {
-    for_each_task(blocks.len(), blocks.count(), CHUNK_BLOCKS, each)
+    for_each_task(blocks.len(), blocks.count(), each)
 }
 
 /// The sum over all blocks of `leaf(b)`, combined in the fixed pairwise tree.
@@ -201,7 +211,7 @@ pub(crate) fn tree_sum(blocks: &Blocks, leaf: impl Fn(usize) -> f64 + Sync) -> f
     if blocks.len() < PARALLEL_MIN || threads().workers.is_none() {
         return tree(0, n, &leaf);
     }
-    tree_sum_by(blocks, n, CHUNK_BLOCKS, |b, store| store(b, leaf(b)))
+    tree_sum_by(blocks, n, |b, store| store(b, leaf(b)))
 }
 
 /// The sum over all blocks, combined in the fixed pairwise tree, where `task(i, store)` for
@@ -210,13 +220,12 @@ pub(crate) fn tree_sum(blocks: &Blocks, leaf: impl Fn(usize) -> f64 + Sync) -> f
 pub(crate) fn tree_sum_by(
     blocks: &Blocks,
     tasks: usize,
-    chunk: usize,
     task: impl Fn(usize, &dyn Fn(usize, f64)) + Sync,
 ) -> f64 {
     let n = blocks.count();
     let sums: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
     let store = |b: usize, v: f64| sums[b].store(v.to_bits(), Ordering::Relaxed);
-    for_each_task(blocks.len(), tasks, chunk, |i| task(i, &store));
+    for_each_task(blocks.len(), tasks, |i| task(i, &store));
     // `for_each_task` has joined every worker: all stores are visible here.
     tree(0, n, &|b| f64::from_bits(sums[b].load(Ordering::Relaxed)))
 }
