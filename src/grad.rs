@@ -356,10 +356,7 @@ impl<T: Float> Kernel for Backward<'_, T> {
 fn fused_sum_slice<const LOG_TARGET: bool, T: Float>(k: FusedSum<'_, T>) {
     let tr = &mut k.tr[..k.x.len()];
     transcendental_slice::<LOG_TARGET, T>(k.t, tr);
-    for ((gx, &t), &tr) in k.gx.iter_mut().zip(k.t).zip(tr.iter()) {
-        *gx = T::from_f64(grad_input_with::<LOG_TARGET, T>(k.g, t, tr));
-    }
-    sum_terms::<LOG_TARGET, T>(k.acc, k.first, k.x, k.t, tr);
+    sum_terms::<LOG_TARGET, true, T>(k.acc, k.first, k.x, k.t, tr, k.g, k.gx);
 }
 
 /// The terms of a run added to the lanes, and the input gradient for `g` written.

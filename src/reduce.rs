@@ -8,7 +8,7 @@
 
 use crate::float::Float;
 use crate::simd::Kernel;
-use crate::terms::{term_with, transcendental_slice};
+use crate::terms::{grad_input_with, term_with, transcendental_slice};
 use crate::walk::TILE;
 
 /// Number of independent `f64` accumulators per block (a multiple of every SIMD width).
@@ -30,42 +30,55 @@ pub(crate) fn sum_slice<const LOG_TARGET: bool, T: Float>(
     debug_assert!(x.len() == t.len() && x.len() <= TILE);
     let tr = &mut tr[..x.len()];
     transcendental_slice::<LOG_TARGET, T>(t, tr);
-    sum_terms::<LOG_TARGET, T>(acc, first, x, t, tr);
+    sum_terms::<LOG_TARGET, false, T>(acc, first, x, t, tr, 0.0, &mut []);
 }
 
 /// Adds the terms of `x`, `t` into `acc` given `tr = transcendental(t)`; element `i` goes to
-/// lane `(first + i) % LANES`, in order of `i` within each lane. Every fused reduction goes
-/// through here.
+/// lane `(first + i) % LANES`, in order of `i` within each lane. With `GRAD`, also writes the
+/// input gradient for `g` into `gx` in the same loop (one load and widening of each `t`).
+/// Every fused reduction goes through here.
 #[inline(always)]
-pub(crate) fn sum_terms<const LOG_TARGET: bool, T: Float>(
+pub(crate) fn sum_terms<const LOG_TARGET: bool, const GRAD: bool, T: Float>(
     acc: &mut Lanes,
     first: usize,
     x: &[T],
     t: &[T],
     tr: &[T],
+    g: f64,
+    gx: &mut [T],
 ) {
     let n = x.len();
-    let term = |i: usize| term_with::<LOG_TARGET, T>(x[i], t[i], tr[i]);
+    debug_assert!(!GRAD || gx.len() == n);
+    // Element i of a head or tail: its term into `lane`, its gradient (with GRAD) into gx[i].
+    let one = |lane: &mut f64, gx: &mut [T], i: usize| {
+        *lane += term_with::<LOG_TARGET, T>(x[i], t[i], tr[i]);
+        if GRAD {
+            gx[i] = T::from_f64(grad_input_with::<LOG_TARGET, T>(g, t[i], tr[i]));
+        }
+    };
     // Head: up to the next multiple of LANES.
     let head = ((LANES - first % LANES) % LANES).min(n);
     for i in 0..head {
-        acc[(first + i) % LANES] += term(i);
+        one(&mut acc[(first + i) % LANES], gx, i);
     }
-    // Body: whole groups of LANES, element j of a group into lane j (in vector registers).
-    let body = (n - head) / LANES * LANES;
+    // Body: whole groups of LANES, element j of a group into lane j (in vector registers;
+    // the same as `one`, written over fixed-size groups so that it vectorises).
     let mut lanes = *acc;
-    let groups = x[head..head + body]
-        .chunks_exact(LANES)
-        .zip(t[head..head + body].chunks_exact(LANES))
-        .zip(tr[head..head + body].chunks_exact(LANES));
-    for ((xg, tg), trg) in groups {
+    let body_end = head + (n - head) / LANES * LANES;
+    for base in (head..body_end).step_by(LANES) {
+        let group = base..base + LANES;
+        let (xg, tg, trg) = (&x[group.clone()], &t[group.clone()], &tr[group.clone()]);
+        let gxg: &mut [T] = if GRAD { &mut gx[group] } else { &mut [] };
         for j in 0..LANES {
             lanes[j] += term_with::<LOG_TARGET, T>(xg[j], tg[j], trg[j]);
+            if GRAD {
+                gxg[j] = T::from_f64(grad_input_with::<LOG_TARGET, T>(g, tg[j], trg[j]));
+            }
         }
     }
     // Tail: lanes 0.. of a last, partial group.
-    for (lane, i) in lanes.iter_mut().zip(head + body..n) {
-        *lane += term(i);
+    for (lane, i) in lanes.iter_mut().zip(body_end..n) {
+        one(lane, gx, i);
     }
     *acc = lanes;
 }
