@@ -71,8 +71,7 @@ fn ln_f32_positive(x: f32) -> f32 {
     let f = f32::from_bits(ix) - 1.0;
     let s = f / (2.0 + f);
     let z = s * s;
-    let w = z * z;
-    let r = w.mul_add(w.mul_add(LG4, LG2), z * w.mul_add(LG3, LG1));
+    let r = z * z.mul_add(z.mul_add(z.mul_add(LG4, LG3), LG2), LG1);
     let hfsq = 0.5 * f * f;
     let dk = k as f32;
     // musl: s*(hfsq+R) + dk*ln2_lo - hfsq + f + dk*ln2_hi (dk*ln2_hi is exact).
