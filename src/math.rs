@@ -128,10 +128,11 @@ fn ln_f64_positive(x: f64) -> f64 {
     let s = f / (2.0 + f);
     let dk = k as f64;
     let z = s * s;
-    let w = z * z;
-    let t1 = w * w.mul_add(w.mul_add(LG6, LG4), LG2);
-    let t2 = z * w.mul_add(w.mul_add(w.mul_add(LG7, LG5), LG3), LG1);
-    let r = t2 + t1;
+    let mut p = LG7;
+    for c in [LG6, LG5, LG4, LG3, LG2, LG1] {
+        p = p.mul_add(z, c);
+    }
+    let r = z * p;
     // fdlibm's second formula: ln(1+f) = f - s*(f - R).
     dk.mul_add(LN2_HI, -(s.mul_add(f - r, -(dk * LN2_LO)) - f))
 }
