@@ -6,9 +6,9 @@ use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 use crate::error::Error;
 use crate::float::Float;
 use crate::parallel::{for_each_block, tree_sum, tree_sum_by, Blocks, BLOCK};
-use crate::reduce::{fold_lanes, ColumnSum, Sum, LANES};
+use crate::reduce::{fold_lanes, ColumnSum, Sum, SumGiven, LANES};
 use crate::simd::dispatch;
-use crate::terms::Terms;
+use crate::terms::{TargetFactor, Terms};
 use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Walk, TILE};
 
 /// How the loss terms are reduced to one number (PyTorch's `reduction` argument, less `"none"`,
@@ -59,8 +59,87 @@ pub fn kl_div_sum<T: Float, D1: Dimension, D2: Dimension>(
     // SAFETY: both pointers address logical index 0 of views borrowed for this call, and
     // `walk` was built from those views' shapes and strides broadcast to `shape`.
     let (x, t) = unsafe { (Src::new(input.as_ptr()), Src::new(target.as_ptr())) };
+    let len = walk.blocks().len();
+    let sum = if target.len() <= BROADCAST_MAX && target.len() * BROADCAST_REUSE <= len {
+        sum_broadcast_target(&shape, input, target, log_target)
+            .unwrap_or_else(|| sum_walk(&walk, x, t, log_target))
+    } else {
+        sum_walk(&walk, x, t, log_target)
+    };
     // One NaN for every NaN sum (see `Float::from_f64`).
-    Ok(f64::from_f64(sum_walk(&walk, x, t, log_target)))
+    Ok(f64::from_f64(sum))
+}
+
+/// A target with at most this many elements, broadcast over at least [`BROADCAST_REUSE`]
+/// times as many loss terms, has its `ln` (or `exp`) computed once per element, not per term.
+const BROADCAST_MAX: usize = 1 << 20;
+/// See [`BROADCAST_MAX`].
+const BROADCAST_REUSE: usize = 4;
+
+/// [`sum_walk`] for a target broadcast over many terms (one distribution against a batch):
+/// the target's transcendental is computed once, into an array of the target's shape, and the
+/// terms read it like a third operand. The terms, and so the bits, are those of [`sum_walk`].
+/// `None` for a transposed walk (left to [`sum_walk`]).
+fn sum_broadcast_target<T: Float, D1: Dimension, D2: Dimension>(
+    shape: &[usize],
+    input: ArrayView<'_, T, D1>,
+    target: ArrayView<'_, T, D2>,
+    log_target: bool,
+) -> Option<f64> {
+    let target = target.as_standard_layout();
+    let t_strides = broadcast_strides(target.shape(), target.strides(), shape);
+    let walk3 = Walk::<3>::new(
+        shape,
+        [
+            &broadcast_strides(input.shape(), input.strides(), shape),
+            &t_strides,
+            &t_strides, // `tr` is laid out as the standard-layout target
+        ],
+    )
+    .expect("the shapes and strides of a walk already built");
+    if walk3.transposed().is_some() {
+        return None;
+    }
+    let t_slice = target
+        .as_slice()
+        .expect("a standard-layout array is contiguous");
+    let mut factors = vec![T::default(); t_slice.len()];
+    dispatch(TargetFactor {
+        t: t_slice,
+        out: &mut factors,
+        log_target,
+    });
+    // SAFETY: the pointers address logical index 0 of `input`, the standard-layout `target`
+    // and `factors` (laid out as that target), all alive for this call, and `walk3` was built from
+    // their shapes and strides broadcast to `shape`.
+    let (x, t, tr) = unsafe {
+        (
+            Src::new(input.as_ptr()),
+            Src::new(target.as_ptr()),
+            Src::new(factors.as_ptr()),
+        )
+    };
+    let blocks = walk3.blocks();
+    Some(tree_sum(blocks, |b| {
+        let mut acc = [0.0; LANES];
+        for_runs(
+            &walk3,
+            blocks.range(b),
+            &[x, t, tr],
+            &[],
+            |first, [x, t, tr], []| {
+                dispatch(SumGiven {
+                    acc: &mut acc,
+                    first,
+                    x,
+                    t,
+                    tr,
+                    log_target,
+                })
+            },
+        );
+        fold_lanes(&acc)
+    }))
 }
 
 /// The reduced loss, PyTorch's `kl_div(input, target, reduction, log_target)`, rounded once to

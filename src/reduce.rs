@@ -142,6 +142,29 @@ impl<T: Float> Kernel for ColumnSum<'_, T> {
     }
 }
 
+/// [`sum_terms`] as a [`Kernel`], `tr` given.
+pub(crate) struct SumGiven<'a, T> {
+    pub acc: &'a mut Lanes,
+    pub first: usize,
+    pub x: &'a [T],
+    pub t: &'a [T],
+    pub tr: &'a [T],
+    pub log_target: bool,
+}
+
+impl<T: Float> Kernel for SumGiven<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let (acc, first, x, t, tr) = (self.acc, self.first, self.x, self.t, self.tr);
+        if self.log_target {
+            sum_terms::<true, false, T>(acc, first, x, t, tr, 0.0, &mut [])
+        } else {
+            sum_terms::<false, false, T>(acc, first, x, t, tr, 0.0, &mut [])
+        }
+    }
+}
+
 /// Folds the lanes in a fixed tree: lane `i` plus lane `i + 8`, then `i + 4`, `i + 2`, `i + 1`.
 #[inline]
 pub(crate) fn fold_lanes(acc: &Lanes) -> f64 {

@@ -154,6 +154,25 @@ impl<T: Float> Kernel for Transcendental<'_, T> {
     }
 }
 
+/// [`transcendental_slice`] as a [`Kernel`]: `out[i] = transcendental(t[i])`.
+pub(crate) struct TargetFactor<'a, T> {
+    pub t: &'a [T],
+    pub out: &'a mut [T],
+    pub log_target: bool,
+}
+
+impl<T: Float> Kernel for TargetFactor<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        if self.log_target {
+            transcendental_slice::<true, T>(self.t, self.out)
+        } else {
+            transcendental_slice::<false, T>(self.t, self.out)
+        }
+    }
+}
+
 /// [`terms_slice`] as a [`Kernel`] for [`crate::simd::dispatch`].
 pub(crate) struct Terms<'a, T> {
     pub x: &'a [T],

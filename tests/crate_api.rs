@@ -111,6 +111,29 @@ fn broadcast_views_equal_materialised_copies() {
     let c = kl_div_sum(x.view(), row.row(0), false).unwrap(); // 1-d against 2-d
     assert_eq!(a.to_bits(), b.to_bits());
     assert_eq!(a.to_bits(), c.to_bits());
+    // A target broadcast over many terms has its ln computed once per element: the same bits
+    // for log_target, a reversed (non-contiguous) target, a Fortran-order input (transposed
+    // walk) and a target broadcast along a middle axis.
+    for log_target in [false, true] {
+        let want = kl_div_sum(x.view(), full.view(), log_target).unwrap();
+        let got = kl_div_sum(x.view(), row.view(), log_target).unwrap();
+        assert_eq!(got.to_bits(), want.to_bits(), "log_target {log_target}");
+        let reversed = row.slice(s![.., ..;-1]).to_owned();
+        let reversed_view = reversed.slice(s![.., ..;-1]);
+        let got = kl_div_sum(x.view(), reversed_view, log_target).unwrap();
+        assert_eq!(got.to_bits(), want.to_bits());
+        let xf = x.t().as_standard_layout().reversed_axes().into_owned();
+        let got = kl_div_sum(xf.view(), row.view(), log_target).unwrap();
+        assert_eq!(got.to_bits(), want.to_bits());
+    }
+    let x3 = x.clone().into_shape_with_order((20, 10, 500)).unwrap();
+    let t3 = softmax_rows(20, 500, 9, false)
+        .into_shape_with_order((20, 1, 500))
+        .unwrap();
+    let t3_full = t3.broadcast((20, 10, 500)).unwrap().to_owned();
+    let got = kl_div_sum(x3.view(), t3.view(), false).unwrap();
+    let want = kl_div_sum(x3.view(), t3_full.view(), false).unwrap();
+    assert_eq!(got.to_bits(), want.to_bits());
 }
 
 #[test]

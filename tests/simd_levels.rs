@@ -57,6 +57,11 @@ fn outputs<T: Float>(x: &Array2<T>, t: &Array2<T>) -> Vec<u64> {
             vec![],
             T::from_f64(kl_div_sum(strided, tstr, log_target).unwrap()),
         ));
+        // A target row broadcast over the batch (its transcendental computed once).
+        push(&ArrayD::from_elem(
+            vec![],
+            T::from_f64(kl_div_sum(x.view(), tt.slice(s![..1, ..]), log_target).unwrap()),
+        ));
         push(&kl_div_terms(x.view(), tt.view(), log_target).unwrap());
         push(&kl_div_terms(x.t(), tt.t(), log_target).unwrap());
         let (loss, g) =
