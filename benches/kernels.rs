@@ -4,7 +4,8 @@
 //! The workloads follow BENCHMARKS.md: x = log_softmax, t = softmax of pseudo-random rows.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kldiv::{kl_div, kl_div_terms_into, Reduction};
+use kldiv::math::{exp_slice, ln_slice};
+use kldiv::{kl_div, kl_div_and_grad_into, kl_div_sum, kl_div_terms_into, Reduction};
 use ndarray::{Array2, Axis};
 
 fn softmax_rows(rows: usize, cols: usize, seed: u64, log: bool) -> Array2<f32> {
@@ -47,9 +48,44 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// Where the time of one term goes: the pieces on one thread, in cache (100,000 elements),
+/// at the best SIMD level. `cargo bench --bench kernels -- parts`.
+fn parts(c: &mut Criterion) {
+    kldiv::set_num_threads(1);
+    let n = 100_000;
+    let x = softmax_rows(10, 10_000, 1, true);
+    let t = softmax_rows(10, 10_000, 2, false);
+    let (x64, t64) = (x.mapv(f64::from), t.mapv(f64::from));
+    let (mut out, mut out64) = (vec![0f32; n], vec![0f64; n]);
+    let mut grad = Array2::<f32>::zeros(x.dim());
+    let mut g = c.benchmark_group("parts_1_thread");
+    g.throughput(Throughput::Elements(n as u64));
+    let ts = t.as_slice().unwrap();
+    g.bench_function("ln_f32", |b| b.iter(|| ln_slice(ts, &mut out)));
+    g.bench_function("exp_f32", |b| {
+        b.iter(|| exp_slice(x.as_slice().unwrap(), &mut out))
+    });
+    g.bench_function("sum_f32", |b| {
+        b.iter(|| kl_div_sum(x.view(), t.view(), false).unwrap())
+    });
+    g.bench_function("sum_and_grad_f32", |b| {
+        b.iter(|| {
+            kl_div_and_grad_into(x.view(), t.view(), Reduction::Sum, grad.view_mut(), false)
+                .unwrap()
+        })
+    });
+    let ts64 = t64.as_slice().unwrap();
+    g.bench_function("ln_f64", |b| b.iter(|| ln_slice(ts64, &mut out64)));
+    g.bench_function("sum_f64", |b| {
+        b.iter(|| kl_div_sum(x64.view(), t64.view(), false).unwrap())
+    });
+    g.finish();
+    kldiv::set_num_threads(0);
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = bench
+    targets = bench, parts
 }
 criterion_main!(benches);
