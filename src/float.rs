@@ -95,7 +95,26 @@ impl Float for f64 {
 }
 
 mod sealed {
-    pub trait Sealed {}
-    impl Sealed for f32 {}
-    impl Sealed for f64 {}
+    /// What the kernels need beyond [`super::Float`].
+    pub trait Sealed: Sized {
+        /// The smallest positive normal value.
+        const MIN_POSITIVE: Self;
+        /// `ln self` for positive, normal, finite `self` (the same bits as [`super::Float::ln`]
+        /// there); anything for other values.
+        fn ln_normal(self) -> Self;
+    }
+    impl Sealed for f32 {
+        const MIN_POSITIVE: Self = f32::MIN_POSITIVE;
+        #[inline(always)]
+        fn ln_normal(self) -> Self {
+            crate::math::ln_f32_normal(self)
+        }
+    }
+    impl Sealed for f64 {
+        const MIN_POSITIVE: Self = f64::MIN_POSITIVE;
+        #[inline(always)]
+        fn ln_normal(self) -> Self {
+            crate::math::ln_f64_normal(self)
+        }
+    }
 }

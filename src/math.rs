@@ -48,6 +48,26 @@ pub(crate) fn xlog_factor_f32(x: f32) -> f32 {
 /// `ln x` for positive, finite `x` (normal or subnormal); anything for other `x`.
 #[inline(always)]
 fn ln_f32_positive(x: f32) -> f32 {
+    // Subnormals: scale into the normal range first.
+    let sub = x < f32::MIN_POSITIVE;
+    let xs = if sub {
+        x * f32::from_bits(0x4c000000) // 2^25
+    } else {
+        x
+    };
+    ln_f32_scaled(xs, if sub { -25 } else { 0 })
+}
+
+/// `ln x` for positive, normal, finite `x` (the same bits as [`ln_f32`] there); anything for
+/// other `x`. For runs known to hold only such values (probabilities, mostly).
+#[inline(always)]
+pub(crate) fn ln_f32_normal(x: f32) -> f32 {
+    ln_f32_scaled(x, 0)
+}
+
+/// `ln x + k0 ln 2` for positive, normal, finite `x`.
+#[inline(always)]
+fn ln_f32_scaled(x: f32, k0: i32) -> f32 {
     const LN2_HI: f32 = f32::from_bits(0x3f317180); // 6.9313812256e-01
     const LN2_LO: f32 = f32::from_bits(0x3717f7d1); // 9.0580006145e-06
     const LG1: f32 = f32::from_bits(0x3f2aaaaa); // 0xaaaaaa.0p-24
@@ -55,15 +75,8 @@ fn ln_f32_positive(x: f32) -> f32 {
     const LG3: f32 = f32::from_bits(0x3e91e9ee); // 0x91e9ee.0p-25
     const LG4: f32 = f32::from_bits(0x3e789e26); // 0xf89e26.0p-26
 
-    // Subnormals: scale into the normal range first.
-    let sub = x < f32::MIN_POSITIVE;
-    let xs = if sub {
-        x * f32::from_bits(0x4c000000)
-    } else {
-        x
-    }; // 2^25
-    let mut ix = xs.to_bits();
-    let mut k: i32 = if sub { -25 } else { 0 };
+    let mut ix = x.to_bits();
+    let mut k = k0;
     // Reduce to m in [sqrt(2)/2, sqrt(2)), x = 2^k * m.
     ix = ix.wrapping_add(0x3f800000 - 0x3f3504f3);
     k += (ix >> 23) as i32 - 0x7f;
@@ -100,6 +113,24 @@ pub(crate) fn xlog_factor_f64(x: f64) -> f64 {
 /// `ln x` for positive, finite `x` (normal or subnormal); anything for other `x`.
 #[inline(always)]
 fn ln_f64_positive(x: f64) -> f64 {
+    let sub = x < f64::MIN_POSITIVE;
+    let xs = if sub {
+        x * f64::from_bits(0x4350000000000000) // 2^54
+    } else {
+        x
+    };
+    ln_f64_scaled(xs, if sub { -54 } else { 0 })
+}
+
+/// `ln x` for positive, normal, finite `x` (see [`ln_f32_normal`]).
+#[inline(always)]
+pub(crate) fn ln_f64_normal(x: f64) -> f64 {
+    ln_f64_scaled(x, 0)
+}
+
+/// `ln x + k0 ln 2` for positive, normal, finite `x`.
+#[inline(always)]
+fn ln_f64_scaled(x: f64, k0: i32) -> f64 {
     const LN2_HI: f64 = f64::from_bits(0x3fe62e42fee00000); // 6.93147180369123816490e-01
     const LN2_LO: f64 = f64::from_bits(0x3dea39ef35793c76); // 1.90821492927058770002e-10
     const LG1: f64 = f64::from_bits(0x3fe5555555555593); // 6.666666666666735130e-01
@@ -110,15 +141,9 @@ fn ln_f64_positive(x: f64) -> f64 {
     const LG6: f64 = f64::from_bits(0x3fc39a09d078c69f); // 1.531383769920937332e-01
     const LG7: f64 = f64::from_bits(0x3fc2f112df3e5244); // 1.479819860511658591e-01
 
-    let sub = x < f64::MIN_POSITIVE;
-    let xs = if sub {
-        x * f64::from_bits(0x4350000000000000)
-    } else {
-        x
-    }; // 2^54
-    let ix = xs.to_bits();
+    let ix = x.to_bits();
     let hx = (ix >> 32) as u32;
-    let mut k: i32 = ((hx >> 20) as i32) - 1023 + if sub { -54 } else { 0 };
+    let mut k: i32 = ((hx >> 20) as i32) - 1023 + k0;
     let hm = hx & 0x000fffff;
     // Normalise m into [sqrt(2)/2, sqrt(2)).
     let i = (hm + 0x95f64) & 0x100000;

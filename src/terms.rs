@@ -115,8 +115,30 @@ pub(crate) fn grad_target_with<const LOG_TARGET: bool, T: Float>(g: f64, x: T, t
 /// The transcendental of every element of `t` (see [`transcendental`]), into `out`.
 #[inline(always)]
 pub(crate) fn transcendental_slice<const LOG_TARGET: bool, T: Float>(t: &[T], out: &mut [T]) {
+    if !LOG_TARGET && all_positive_normal(t) {
+        ln_normal_slice(t, out);
+    } else {
+        for (o, &ti) in out.iter_mut().zip(t) {
+            *o = transcendental::<LOG_TARGET, T>(ti);
+        }
+    }
+}
+
+/// Whether every value is positive, normal and finite (the common case for probabilities),
+/// so that [`ln_normal_slice`] gives the same bits as `ln` does with all its special cases.
+#[inline(always)]
+fn all_positive_normal<T: Float>(t: &[T]) -> bool {
+    // Branch-free, so that it vectorises; NaN fails both comparisons.
+    t.iter().fold(true, |ok, &v| {
+        ok & (v >= T::MIN_POSITIVE) & (v < T::INFINITY)
+    })
+}
+
+/// `out[i] = ln(t[i])` for positive, normal, finite values (see [`all_positive_normal`]).
+#[inline(always)]
+fn ln_normal_slice<T: Float>(t: &[T], out: &mut [T]) {
     for (o, &ti) in out.iter_mut().zip(t) {
-        *o = transcendental::<LOG_TARGET, T>(ti);
+        *o = ti.ln_normal();
     }
 }
 
@@ -146,6 +168,8 @@ impl<T: Float> Kernel for Transcendental<'_, T> {
             for (o, &ti) in self.out.iter_mut().zip(self.t) {
                 *o = ti.exp();
             }
+        } else if all_positive_normal(self.t) {
+            ln_normal_slice(self.t, self.out);
         } else {
             for (o, &ti) in self.out.iter_mut().zip(self.t) {
                 *o = ti.ln();
@@ -217,6 +241,27 @@ mod tests {
         // log_target: t = -inf gives 0 * -inf = NaN, as in PyTorch.
         assert!(term::<true, f64>(-1.0, -inf).is_nan());
         assert_eq!(term::<true, f64>(-1.0, 0.0), 1.0);
+    }
+
+    #[test]
+    fn runs_of_normal_values_take_a_shortcut_to_the_same_bits() {
+        let mut t: Vec<f32> = (1..=100).map(|i| i as f32 / 101.0).collect();
+        let mut fast = vec![0.0f32; t.len()];
+        transcendental_slice::<false, f32>(&t, &mut fast); // all normal: the shortcut
+        t[50] = 1e-40; // a subnormal: the whole run goes the general way
+        let mut general = vec![0.0f32; t.len()];
+        transcendental_slice::<false, f32>(&t, &mut general);
+        for i in (0..t.len()).filter(|&i| i != 50) {
+            assert_eq!(fast[i].to_bits(), general[i].to_bits());
+            assert_eq!(fast[i].to_bits(), crate::math::ln_f32(t[i]).to_bits());
+        }
+        assert_eq!(general[50], crate::math::ln_f32(1e-40));
+        fn ln_normal<T: Float>(v: T) -> T {
+            v.ln_normal()
+        }
+        for v in [f64::MIN_POSITIVE, 1e-300, 0.5, 1.0, 3.0, 1e300, f64::MAX] {
+            assert_eq!(ln_normal(v).to_bits(), crate::math::ln_f64(v).to_bits());
+        }
     }
 
     #[test]
