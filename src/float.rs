@@ -97,21 +97,39 @@ impl Float for f64 {
 mod sealed {
     /// What the kernels need beyond [`super::Float`].
     pub trait Sealed: Sized {
-        /// The smallest positive normal value.
-        const MIN_POSITIVE: Self;
+        /// The unsigned integer of the same width.
+        type Bits: Copy + Ord + Default;
+        /// Below this exactly when `self` is positive, normal and finite: see
+        /// [`Sealed::normal_offset`].
+        const NORMAL_SPAN: Self::Bits;
+        /// The bits minus those of the smallest positive normal value, wrapping: below
+        /// [`Sealed::NORMAL_SPAN`] exactly for positive, normal, finite values (zero and
+        /// subnormals wrap around to large values; negative values, infinities and NaNs lie
+        /// above). One integer operation, so that a run is checked with a vector maximum.
+        fn normal_offset(self) -> Self::Bits;
         /// `ln self` for positive, normal, finite `self` (the same bits as [`super::Float::ln`]
         /// there); anything for other values.
         fn ln_normal(self) -> Self;
     }
     impl Sealed for f32 {
-        const MIN_POSITIVE: Self = f32::MIN_POSITIVE;
+        type Bits = u32;
+        const NORMAL_SPAN: u32 = f32::INFINITY.to_bits() - f32::MIN_POSITIVE.to_bits();
+        #[inline(always)]
+        fn normal_offset(self) -> u32 {
+            self.to_bits().wrapping_sub(f32::MIN_POSITIVE.to_bits())
+        }
         #[inline(always)]
         fn ln_normal(self) -> Self {
             crate::math::ln_f32_normal(self)
         }
     }
     impl Sealed for f64 {
-        const MIN_POSITIVE: Self = f64::MIN_POSITIVE;
+        type Bits = u64;
+        const NORMAL_SPAN: u64 = f64::INFINITY.to_bits() - f64::MIN_POSITIVE.to_bits();
+        #[inline(always)]
+        fn normal_offset(self) -> u64 {
+            self.to_bits().wrapping_sub(f64::MIN_POSITIVE.to_bits())
+        }
         #[inline(always)]
         fn ln_normal(self) -> Self {
             crate::math::ln_f64_normal(self)

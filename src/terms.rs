@@ -128,10 +128,11 @@ pub(crate) fn transcendental_slice<const LOG_TARGET: bool, T: Float>(t: &[T], ou
 /// so that [`ln_normal_slice`] gives the same bits as `ln` does with all its special cases.
 #[inline(always)]
 fn all_positive_normal<T: Float>(t: &[T]) -> bool {
-    // Branch-free, so that it vectorises; NaN fails both comparisons.
-    t.iter().fold(true, |ok, &v| {
-        ok & (v >= T::MIN_POSITIVE) & (v < T::INFINITY)
-    })
+    // A maximum over the run, so that it vectorises without branches or mask chains.
+    let max = t
+        .iter()
+        .fold(T::Bits::default(), |m, &v| m.max(v.normal_offset()));
+    max < T::NORMAL_SPAN
 }
 
 /// `out[i] = ln(t[i])` for positive, normal, finite values (see [`all_positive_normal`]).
@@ -262,6 +263,47 @@ mod tests {
         for v in [f64::MIN_POSITIVE, 1e-300, 0.5, 1.0, 3.0, 1e300, f64::MAX] {
             assert_eq!(ln_normal(v).to_bits(), crate::math::ln_f64(v).to_bits());
         }
+    }
+
+    #[test]
+    fn positive_normal_runs_are_recognised_exactly() {
+        fn check<T: Float>(yes: &[T], no: &[T]) {
+            for &v in yes {
+                assert!(all_positive_normal(&[v, v]), "{v:?}");
+            }
+            for &v in no {
+                assert!(!all_positive_normal(&[yes[0], v, yes[0]]), "{v:?}");
+            }
+            assert!(all_positive_normal::<T>(&[]));
+        }
+        let sub32 = f32::from_bits(f32::MIN_POSITIVE.to_bits() - 1);
+        check::<f32>(
+            &[0.5, f32::MIN_POSITIVE, f32::MAX, 1.0],
+            &[
+                0.0,
+                -0.0,
+                sub32,
+                f32::from_bits(1),
+                -0.5,
+                -f32::MIN_POSITIVE,
+                f32::INFINITY,
+            ],
+        );
+        check::<f32>(&[1.0], &[f32::NEG_INFINITY, f32::NAN, -f32::NAN, -f32::MAX]);
+        let sub64 = f64::from_bits(f64::MIN_POSITIVE.to_bits() - 1);
+        check::<f64>(
+            &[0.5, f64::MIN_POSITIVE, f64::MAX, 1.0],
+            &[
+                0.0,
+                -0.0,
+                sub64,
+                f64::from_bits(1),
+                -0.5,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+            ],
+        );
+        check::<f64>(&[1.0], &[f64::NAN, -f64::NAN, -f64::MAX]);
     }
 
     #[test]
