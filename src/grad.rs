@@ -14,7 +14,9 @@ use crate::loss::{common_shape, divisor, Reduction};
 use crate::parallel::{for_each_block, tree_sum};
 use crate::reduce::{fold_lanes, sum_terms, Lanes, LANES};
 use crate::simd::{dispatch, Kernel};
-use crate::terms::{grad_input_with, grad_target_with, term_with, transcendental_slice};
+use crate::terms::{
+    grad_input_with, grad_target_with, positive_term, term_with, transcendental_slice,
+};
 use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Walk, TILE};
 
 /// Both gradients of the loss for an incoming gradient `grad_output`, as PyTorch's autograd
@@ -355,8 +357,8 @@ impl<T: Float> Kernel for Backward<'_, T> {
 #[inline(always)]
 fn fused_sum_slice<const LOG_TARGET: bool, T: Float>(k: FusedSum<'_, T>) {
     let tr = &mut k.tr[..k.x.len()];
-    transcendental_slice::<LOG_TARGET, T>(k.t, tr);
-    sum_terms::<LOG_TARGET, true, T>(k.acc, k.first, k.x, k.t, tr, k.g, k.gx);
+    let positive = transcendental_slice::<LOG_TARGET, T>(k.t, tr);
+    sum_terms::<LOG_TARGET, true, T>(k.acc, k.first, k.x, k.t, tr, positive, k.g, k.gx);
 }
 
 /// The terms of a run added to the lanes, and the input gradient for `g` written.
@@ -385,10 +387,22 @@ impl<T: Float> Kernel for FusedSum<'_, T> {
 
 #[inline(always)]
 fn terms_and_grad_slice<const LOG_TARGET: bool, T: Float>(k: TermsAndGrad<'_, T>) {
-    transcendental_slice::<LOG_TARGET, T>(k.t, k.gx);
+    if transcendental_slice::<LOG_TARGET, T>(k.t, k.gx) {
+        terms_and_grad_given::<LOG_TARGET, T>(k, positive_term::<T>)
+    } else {
+        terms_and_grad_given::<LOG_TARGET, T>(k, term_with::<LOG_TARGET, T>)
+    }
+}
+
+/// [`terms_and_grad_slice`] once `gx` holds the transcendentals, with the term function given.
+#[inline(always)]
+fn terms_and_grad_given<const LOG_TARGET: bool, T: Float>(
+    k: TermsAndGrad<'_, T>,
+    term: impl Fn(T, T, T) -> f64,
+) {
     for (((l, gx), &x), &t) in k.loss.iter_mut().zip(k.gx.iter_mut()).zip(k.x).zip(k.t) {
         let tr = *gx;
-        *l = T::from_f64(term_with::<LOG_TARGET, T>(x, t, tr));
+        *l = T::from_f64(term(x, t, tr));
         *gx = T::from_f64(grad_input_with::<LOG_TARGET, T>(1.0, t, tr));
     }
 }

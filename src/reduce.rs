@@ -8,7 +8,9 @@
 
 use crate::float::Float;
 use crate::simd::Kernel;
-use crate::terms::{grad_input_with, term_with, transcendental_slice};
+use crate::terms::{
+    add_positive_term, add_term, all_positive_normal, grad_input_with, transcendental_slice,
+};
 use crate::walk::TILE;
 
 /// Number of independent `f64` accumulators per block (a multiple of every SIMD width).
@@ -29,14 +31,17 @@ pub(crate) fn sum_slice<const LOG_TARGET: bool, T: Float>(
 ) {
     debug_assert!(x.len() == t.len() && x.len() <= TILE);
     let tr = &mut tr[..x.len()];
-    transcendental_slice::<LOG_TARGET, T>(t, tr);
-    sum_terms::<LOG_TARGET, false, T>(acc, first, x, t, tr, 0.0, &mut []);
+    let positive = transcendental_slice::<LOG_TARGET, T>(t, tr);
+    sum_terms::<LOG_TARGET, false, T>(acc, first, x, t, tr, positive, 0.0, &mut []);
 }
 
 /// Adds the terms of `x`, `t` into `acc` given `tr = transcendental(t)`; element `i` goes to
-/// lane `(first + i) % LANES`, in order of `i` within each lane. With `GRAD`, also writes the
-/// input gradient for `g` into `gx` in the same loop (one load and widening of each `t`).
-/// Every fused reduction goes through here.
+/// lane `(first + i) % LANES`, in order of `i` within each lane. `positive` says that every
+/// `t` is positive, normal and finite (as [`transcendental_slice`] returns it), so that
+/// [`crate::terms::positive_term`] gives each term. With `GRAD`, also writes the input gradient for `g` into
+/// `gx` in the same loop (one load and widening of each `t`). Every fused reduction goes
+/// through here.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn sum_terms<const LOG_TARGET: bool, const GRAD: bool, T: Float>(
     acc: &mut Lanes,
@@ -44,14 +49,37 @@ pub(crate) fn sum_terms<const LOG_TARGET: bool, const GRAD: bool, T: Float>(
     x: &[T],
     t: &[T],
     tr: &[T],
+    positive: bool,
     g: f64,
     gx: &mut [T],
+) {
+    if positive {
+        let add = add_positive_term::<T>;
+        sum_terms_by::<LOG_TARGET, GRAD, T>(acc, first, x, t, tr, g, gx, add)
+    } else {
+        let add = add_term::<LOG_TARGET, T>;
+        sum_terms_by::<LOG_TARGET, GRAD, T>(acc, first, x, t, tr, g, gx, add)
+    }
+}
+
+/// [`sum_terms`] with the function that adds a term to a lane given.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn sum_terms_by<const LOG_TARGET: bool, const GRAD: bool, T: Float>(
+    acc: &mut Lanes,
+    first: usize,
+    x: &[T],
+    t: &[T],
+    tr: &[T],
+    g: f64,
+    gx: &mut [T],
+    add: impl Fn(f64, T, T, T) -> f64,
 ) {
     let n = x.len();
     debug_assert!(!GRAD || gx.len() == n);
     // Element i of a head or tail: its term into `lane`, its gradient (with GRAD) into gx[i].
     let one = |lane: &mut f64, gx: &mut [T], i: usize| {
-        *lane += term_with::<LOG_TARGET, T>(x[i], t[i], tr[i]);
+        *lane = add(*lane, x[i], t[i], tr[i]);
         if GRAD {
             gx[i] = T::from_f64(grad_input_with::<LOG_TARGET, T>(g, t[i], tr[i]));
         }
@@ -70,7 +98,7 @@ pub(crate) fn sum_terms<const LOG_TARGET: bool, const GRAD: bool, T: Float>(
         let (xg, tg, trg) = (&x[group.clone()], &t[group.clone()], &tr[group.clone()]);
         let gxg: &mut [T] = if GRAD { &mut gx[group] } else { &mut [] };
         for j in 0..LANES {
-            lanes[j] += term_with::<LOG_TARGET, T>(xg[j], tg[j], trg[j]);
+            lanes[j] = add(lanes[j], xg[j], tg[j], trg[j]);
             if GRAD {
                 gxg[j] = T::from_f64(grad_input_with::<LOG_TARGET, T>(g, tg[j], trg[j]));
             }
@@ -115,9 +143,24 @@ pub(crate) fn column_sum<const LOG_TARGET: bool, T: Float>(
     t: &[T],
 ) {
     let tr = &mut tr[..x.len()];
-    transcendental_slice::<LOG_TARGET, T>(t, tr);
-    for (((a, &x), &t), &tr) in acc.iter_mut().zip(x).zip(t).zip(tr.iter()) {
-        *a += term_with::<LOG_TARGET, T>(x, t, tr);
+    if transcendental_slice::<LOG_TARGET, T>(t, tr) {
+        column_sum_by(acc, x, t, tr, add_positive_term::<T>)
+    } else {
+        column_sum_by(acc, x, t, tr, add_term::<LOG_TARGET, T>)
+    }
+}
+
+/// [`column_sum`] given `tr`, with the function that adds a term given.
+#[inline(always)]
+fn column_sum_by<T: Float>(
+    acc: &mut [f64],
+    x: &[T],
+    t: &[T],
+    tr: &[T],
+    add: impl Fn(f64, T, T, T) -> f64,
+) {
+    for (((a, &x), &t), &tr) in acc.iter_mut().zip(x).zip(t).zip(tr) {
+        *a = add(*a, x, t, tr);
     }
 }
 
@@ -158,9 +201,10 @@ impl<T: Float> Kernel for SumGiven<'_, T> {
     fn run(self) {
         let (acc, first, x, t, tr) = (self.acc, self.first, self.x, self.t, self.tr);
         if self.log_target {
-            sum_terms::<true, false, T>(acc, first, x, t, tr, 0.0, &mut [])
+            sum_terms::<true, false, T>(acc, first, x, t, tr, false, 0.0, &mut [])
         } else {
-            sum_terms::<false, false, T>(acc, first, x, t, tr, 0.0, &mut [])
+            let positive = all_positive_normal(t);
+            sum_terms::<false, false, T>(acc, first, x, t, tr, positive, 0.0, &mut [])
         }
     }
 }
@@ -200,6 +244,34 @@ mod tests {
                 parts.map(f64::to_bits),
                 "cut at {cut}"
             );
+        }
+    }
+
+    #[test]
+    fn positive_terms_add_up_to_the_same_bits_either_way() {
+        // The shortcut for runs of positive normal targets (a fused multiply-add of the f32
+        // difference) gives the bits of the general term, element by element.
+        let n = 1000;
+        let mut s = 0x2545f4914f6cdd1d_u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let x: Vec<f32> = (0..n)
+            .map(|i| -30.0 * next() + (i % 7) as f32 * 1e3)
+            .collect();
+        let t: Vec<f32> = (0..n)
+            .map(|i| next() * 10f32.powi(-((i % 38) as i32)) + 1e-37)
+            .collect();
+        let mut tr = vec![0.0f32; n];
+        assert!(transcendental_slice::<false, f32>(&t, &mut tr));
+        for first in [0, 5] {
+            let (mut fast, mut general) = ([0.0; LANES], [0.0; LANES]);
+            sum_terms::<false, false, f32>(&mut fast, first, &x, &t, &tr, true, 0.0, &mut []);
+            sum_terms::<false, false, f32>(&mut general, first, &x, &t, &tr, false, 0.0, &mut []);
+            assert_eq!(fast.map(f64::to_bits), general.map(f64::to_bits));
         }
     }
 

@@ -9,9 +9,13 @@
 //! ```
 //!
 //! `xlogy(t, t)` is NaN where `t` is NaN, 0 where `t == 0`, `t * log(t)` elsewhere (NaN for
-//! `t < 0`). Every IEEE special value follows from these expressions, so they are evaluated
-//! literally: `log t` and `exp t` in the element type's precision (as PyTorch does), the
-//! products and differences in `f64`, rounded once to the element type.
+//! `t < 0`). Every IEEE special value follows from these expressions, so for special targets
+//! (0, +inf, negative, NaN) and with `log_target` they are evaluated literally: `log t` and
+//! `exp t` in the element type's precision (as PyTorch does), the products and differences in
+//! `f64`. For a positive, finite target (the hot path) `xlogy(t, t) - t * x` is
+//! `t * (ln t - x)`, evaluated without its cancellation: for `f32` the difference is rounded
+//! once to `f32` and the product is exact in `f64` ([`positive_term`]). Results are rounded once
+//! to the element type.
 
 use crate::float::Float;
 use crate::simd::Kernel;
@@ -50,12 +54,35 @@ pub(crate) fn term_with<const LOG_TARGET: bool, T: Float>(x: T, t: T, tr: T) -> 
     let (x64, t64, tr64) = (x.to_f64(), t.to_f64(), tr.to_f64());
     if LOG_TARGET {
         tr64 * (t64 - x64)
+    } else if t > T::default() && t < T::INFINITY {
+        positive_term(x, t, tr)
     } else {
-        // xlogy(t, t) - t * x, where xlogy(t, t) = t * tr is NaN for NaN (and negative) t, +0
-        // for ±0 (`tr` is `t` there), t * ln(t) elsewhere. For f32 both products are exact in
-        // f64, so the fused multiply-add rounds exactly as the plain expression would.
+        // xlogy(t, t) - t * x literally, for the special values: NaN for NaN (and negative) t,
+        // +0 for ±0 and finite x (`tr` is `t` there), NaN for +inf and x >= 0.
         t64.mul_add(tr64, -(t64 * x64))
     }
+}
+
+/// [`term_with`] (not `log_target`) for positive, finite `t`: `t * (ln t - x)`. For `f32` the
+/// difference is rounded once to `f32` and the product is exact in `f64` (two conversions
+/// instead of three per element: the hot loop's cost); for `f64`, `t*tr - t*x` with one fused
+/// rounding. For such `t`, `xlogy(t, t) - t * x` is this value up to those roundings.
+#[inline(always)]
+pub(crate) fn positive_term<T: Float>(x: T, t: T, tr: T) -> f64 {
+    T::positive_term(x, t, tr)
+}
+
+/// `acc + term_with(x, t, tr)`: how the summing kernels add a term to a lane.
+#[inline(always)]
+pub(crate) fn add_term<const LOG_TARGET: bool, T: Float>(acc: f64, x: T, t: T, tr: T) -> f64 {
+    acc + term_with::<LOG_TARGET, T>(x, t, tr)
+}
+
+/// `acc + positive_term(x, t, tr)`, the same bits as [`add_term`] for positive, finite `t`
+/// (in one fused multiply-add for `f32`).
+#[inline(always)]
+pub(crate) fn add_positive_term<T: Float>(acc: f64, x: T, t: T, tr: T) -> f64 {
+    T::add_positive_term(acc, x, t, tr)
 }
 
 /// `d term / d x` times the incoming gradient `g`, as PyTorch's autograd evaluates it:
@@ -112,22 +139,30 @@ pub(crate) fn grad_target_with<const LOG_TARGET: bool, T: Float>(g: f64, x: T, t
     }
 }
 
-/// The transcendental of every element of `t` (see [`transcendental`]), into `out`.
+/// The transcendental of every element of `t` (see [`transcendental`]), into `out`. Returns
+/// whether every `t` is positive, normal and finite (never with `LOG_TARGET`): then
+/// [`positive_term`] is every element's [`term_with`].
 #[inline(always)]
-pub(crate) fn transcendental_slice<const LOG_TARGET: bool, T: Float>(t: &[T], out: &mut [T]) {
+pub(crate) fn transcendental_slice<const LOG_TARGET: bool, T: Float>(
+    t: &[T],
+    out: &mut [T],
+) -> bool {
     if !LOG_TARGET && all_positive_normal(t) {
         ln_normal_slice(t, out);
+        true
     } else {
         for (o, &ti) in out.iter_mut().zip(t) {
             *o = transcendental::<LOG_TARGET, T>(ti);
         }
+        false
     }
 }
 
 /// Whether every value is positive, normal and finite (the common case for probabilities),
-/// so that [`ln_normal_slice`] gives the same bits as `ln` does with all its special cases.
+/// so that [`ln_normal_slice`] gives the same bits as `ln` does with all its special cases,
+/// and [`positive_term`] those of [`term_with`].
 #[inline(always)]
-fn all_positive_normal<T: Float>(t: &[T]) -> bool {
+pub(crate) fn all_positive_normal<T: Float>(t: &[T]) -> bool {
     // A maximum over the run, so that it vectorises without branches or mask chains.
     let max = t
         .iter()
@@ -148,9 +183,18 @@ fn ln_normal_slice<T: Float>(t: &[T], out: &mut [T]) {
 pub(crate) fn terms_slice<const LOG_TARGET: bool, T: Float>(x: &[T], t: &[T], out: &mut [T]) {
     debug_assert!(x.len() == t.len() && t.len() == out.len());
     // The transcendental first, in place in `out` (T's full SIMD width), then the rest.
-    transcendental_slice::<LOG_TARGET, T>(t, out);
+    if transcendental_slice::<LOG_TARGET, T>(t, out) {
+        terms_given(x, t, out, positive_term::<T>)
+    } else {
+        terms_given(x, t, out, term_with::<LOG_TARGET, T>)
+    }
+}
+
+/// `out[i] = term(x[i], t[i], out[i])`, rounded to `T`, where `out` holds the transcendentals.
+#[inline(always)]
+fn terms_given<T: Float>(x: &[T], t: &[T], out: &mut [T], term: impl Fn(T, T, T) -> f64) {
     for ((o, &xi), &ti) in out.iter_mut().zip(x).zip(t) {
-        *o = T::from_f64(term_with::<LOG_TARGET, T>(xi, ti, *o));
+        *o = T::from_f64(term(xi, ti, *o));
     }
 }
 
@@ -191,9 +235,9 @@ impl<T: Float> Kernel for TargetFactor<'_, T> {
     #[inline(always)]
     fn run(self) {
         if self.log_target {
-            transcendental_slice::<true, T>(self.t, self.out)
+            transcendental_slice::<true, T>(self.t, self.out);
         } else {
-            transcendental_slice::<false, T>(self.t, self.out)
+            transcendental_slice::<false, T>(self.t, self.out);
         }
     }
 }
@@ -307,7 +351,31 @@ mod tests {
     }
 
     #[test]
-    fn slice_kernel_rounds_once() {
+    fn positive_targets_take_the_factored_term() {
+        // For positive finite t: t * (ln t - x), the difference rounded to f32, the product exact
+        // in f64; within an f32 rounding of PyTorch's xlogy(t, t) - t * x (in f64 here).
+        for t in [1e-40f32, 1e-30, 0.001, 0.5, 1.0, 3.0, 1e30, f32::MAX] {
+            for x in [-1e30f32, -20.0, -0.5, 0.0, 2.0, 1e30, f32::MAX] {
+                let tr = crate::math::xlog_factor_f32(t);
+                let got = term_with::<false, f32>(x, t, tr);
+                assert_eq!(got, t as f64 * (tr - x) as f64, "t {t:e} x {x:e}");
+                let (t64, tr64, x64) = (t as f64, tr as f64, x as f64);
+                let literal = t64 * tr64 - t64 * x64;
+                assert!((got - literal).abs() <= 1e-7 * (t64 * tr64).abs().max((t64 * x64).abs()));
+                assert_eq!(add_term::<false, f32>(0.25, x, t, tr).to_bits(), {
+                    add_positive_term::<f32>(0.25, x, t, tr).to_bits()
+                });
+            }
+        }
+        // Special targets keep PyTorch's literal expression.
+        assert!(term::<false, f32>(0.0, f32::INFINITY).is_nan()); // inf * 0
+        assert!(term::<false, f32>(1.0, f32::INFINITY).is_nan()); // inf - inf
+        assert_eq!(term::<false, f32>(-1.0, f32::INFINITY), f64::INFINITY);
+        assert_eq!(term::<false, f32>(5.0, 0.0).to_bits(), 0.0f64.to_bits()); // +0, not -0
+    }
+
+    #[test]
+    fn slice_kernel_rounds_as_the_scalar_term() {
         let x = [-1.0f32, -2.0];
         let t = [0.25f32, 0.75];
         let mut out = [0.0f32; 2];
