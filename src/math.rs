@@ -6,10 +6,11 @@
 //! bit operations and selects (no lookup tables, no approximate reciprocals), so the scalar,
 //! AVX2 and AVX-512 builds of the same code give the same bits, lane by lane.
 //!
-//! - `ln_f32`: musl's `logf` (from FreeBSD/fdlibm): reduction to `[sqrt(2)/2, sqrt(2))` and its
-//!   polynomial, with fdlibm's formula `ln(1+f) = f - s*(f - R)`, `s = f/(2+f)`, in fused
-//!   multiply-adds. At most 1 ulp from the correctly rounded result over all 2^32 inputs
-//!   (`tests/exhaustive.rs`, at every SIMD level; at most 0.91 ulp from the exact value).
+//! - `ln_f32`: musl's `logf` (from FreeBSD/fdlibm): reduction to `[sqrt(2)/2, sqrt(2))`, then
+//!   fdlibm's formula `ln(1+f) = f - s*(f - R)`, `s = f/(2+f)`, in fused multiply-adds, with a
+//!   polynomial `R` of three terms (`scripts/fit_ln_f32.py`). At most 1 ulp from the correctly
+//!   rounded result over all 2^32 inputs (`tests/exhaustive.rs`, at every SIMD level; at most
+//!   0.90 ulp from the exact value).
 //! - `ln_f64`: fdlibm's `e_log.c` with its formula `ln(1+f) = f - s*(f - R)` everywhere. At
 //!   most 1 ulp against the C library's `log` on 2 million random and 200,000 near-1 inputs
 //!   (unit tests; 40 million more when it was written).
@@ -71,10 +72,11 @@ pub(crate) fn ln_f32_normal(x: f32) -> f32 {
 fn ln_f32_scaled(x: f32, k0: i32) -> f32 {
     const LN2_HI: f32 = f32::from_bits(0x3f317180); // 6.9313812256e-01
     const LN2_LO: f32 = f32::from_bits(0x3717f7d1); // 9.0580006145e-06
-    const LG1: f32 = f32::from_bits(0x3f2aaaaa); // 0xaaaaaa.0p-24
-    const LG2: f32 = f32::from_bits(0x3ecccce1); // 0xccce13.0p-25
-    const LG3: f32 = f32::from_bits(0x3e91e9ee); // 0x91e9ee.0p-25
-    const LG4: f32 = f32::from_bits(0x3e789e26); // 0xf89e26.0p-26
+    // R(z)/z for ln(1+f) = f - s*(f - R), fitted by scripts/fit_ln_f32.py (three terms; musl's
+    // logf has four, and is no more exact in this formula).
+    const LG1: f32 = f32::from_bits(0x3f2aaab0); // 6.6666698456e-01
+    const LG2: f32 = f32::from_bits(0x3eccbd15); // 3.9988008142e-01
+    const LG3: f32 = f32::from_bits(0x3e97739f); // 2.9580399394e-01
 
     let mut ix = x.to_bits();
     let mut k = k0;
@@ -85,11 +87,12 @@ fn ln_f32_scaled(x: f32, k0: i32) -> f32 {
     let f = f32::from_bits(ix) - 1.0;
     let s = f / (2.0 + f);
     let z = s * s;
-    let p = z.mul_add(z.mul_add(z.mul_add(LG4, LG3), LG2), LG1);
+    let p = z.mul_add(z.mul_add(LG3, LG2), LG1);
     let dk = k as f32;
-    // fdlibm's second formula, ln(1+f) = f - s*(f - R) with R = z*P(z), in fused steps (four
-    // fewer operations than musl's s*(hfsq+R) - hfsq + f with hfsq = f*f/2; at most 0.91 ulp
-    // from the exact value over all inputs, against musl's 0.87), plus dk*ln2 in two parts.
+    // fdlibm's second formula, ln(1+f) = f - s*(f - R) with R = z*P(z), in fused steps (five
+    // fewer operations than musl's s*(hfsq+R) - hfsq + f with hfsq = f*f/2 and four terms; at
+    // most 0.90 ulp from the exact value over all inputs, against musl's 0.87), plus dk*ln2
+    // in two parts.
     let f_r = (-z).mul_add(p, f);
     dk.mul_add(LN2_HI, (-s).mul_add(f_r, dk * LN2_LO) + f)
 }
