@@ -19,8 +19,9 @@ pub(crate) const LANES: usize = 16;
 /// The lane accumulators of one block.
 pub(crate) type Lanes = [f64; LANES];
 
-/// Adds the terms of `x`, `t` (at most [`TILE`] long) into `acc`; `x[0]` has logical index
-/// `first` (only `first % LANES` matters).
+/// Adds the terms of `x`, `t` into `acc`; `x[0]` has logical index `first` (only
+/// `first % LANES` matters). In pieces of [`TILE`]: the transcendentals of a piece, then its
+/// terms.
 #[inline(always)]
 pub(crate) fn sum_slice<const LOG_TARGET: bool, T: Float>(
     tr: &mut [T; TILE],
@@ -29,10 +30,13 @@ pub(crate) fn sum_slice<const LOG_TARGET: bool, T: Float>(
     x: &[T],
     t: &[T],
 ) {
-    debug_assert!(x.len() == t.len() && x.len() <= TILE);
-    let tr = &mut tr[..x.len()];
-    let positive = transcendental_slice::<LOG_TARGET, T>(t, tr);
-    sum_terms::<LOG_TARGET, false, T>(acc, first, x, t, tr, positive, 0.0, &mut []);
+    debug_assert!(x.len() == t.len());
+    for (i, (x, t)) in x.chunks(TILE).zip(t.chunks(TILE)).enumerate() {
+        let tr = &mut tr[..x.len()];
+        let positive = transcendental_slice::<LOG_TARGET, T>(t, tr);
+        let first = first + i * TILE;
+        sum_terms::<LOG_TARGET, false, T>(acc, first, x, t, tr, positive, 0.0, &mut []);
+    }
 }
 
 /// Adds the terms of `x`, `t` into `acc` given `tr = transcendental(t)`; element `i` goes to
@@ -90,17 +94,26 @@ fn sum_terms_by<const LOG_TARGET: bool, const GRAD: bool, T: Float>(
         one(&mut acc[(first + i) % LANES], gx, i);
     }
     // Body: whole groups of LANES, element j of a group into lane j (in vector registers;
-    // the same as `one`, written over fixed-size groups so that it vectorises).
+    // the same as `one`, written over exact chunks so that it vectorises: with indexed
+    // groups LLVM split the 16 lanes into 8 + 4 + 2 + 1 + 1 with bounds checks, 25% slower).
     let mut lanes = *acc;
     let body_end = head + (n - head) / LANES * LANES;
-    for base in (head..body_end).step_by(LANES) {
-        let group = base..base + LANES;
-        let (xg, tg, trg) = (&x[group.clone()], &t[group.clone()], &tr[group.clone()]);
-        let gxg: &mut [T] = if GRAD { &mut gx[group] } else { &mut [] };
-        for j in 0..LANES {
-            lanes[j] = add(lanes[j], xg[j], tg[j], trg[j]);
-            if GRAD {
+    let body = head..body_end;
+    let groups = x[body.clone()]
+        .chunks_exact(LANES)
+        .zip(t[body.clone()].chunks_exact(LANES))
+        .zip(tr[body.clone()].chunks_exact(LANES));
+    if GRAD {
+        for (((xg, tg), trg), gxg) in groups.zip(gx[body].chunks_exact_mut(LANES)) {
+            for j in 0..LANES {
+                lanes[j] = add(lanes[j], xg[j], tg[j], trg[j]);
                 gxg[j] = T::from_f64(grad_input_with::<LOG_TARGET, T>(g, tg[j], trg[j]));
+            }
+        }
+    } else {
+        for ((xg, tg), trg) in groups {
+            for j in 0..LANES {
+                lanes[j] = add(lanes[j], xg[j], tg[j], trg[j]);
             }
         }
     }
