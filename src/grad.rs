@@ -356,17 +356,9 @@ impl<T: Float> Kernel for Backward<'_, T> {
 
 #[inline(always)]
 fn fused_sum_slice<const LOG_TARGET: bool, T: Float>(k: FusedSum<'_, T>) {
-    // In pieces of TILE, as `crate::reduce::sum_slice`.
-    let pieces =
-        k.x.chunks(TILE)
-            .zip(k.t.chunks(TILE))
-            .zip(k.gx.chunks_mut(TILE));
-    for (i, ((x, t), gx)) in pieces.enumerate() {
-        let tr = &mut k.tr[..x.len()];
-        let positive = transcendental_slice::<LOG_TARGET, T>(t, tr);
-        let first = k.first + i * TILE;
-        sum_terms::<LOG_TARGET, true, T>(k.acc, first, x, t, tr, positive, k.g, gx);
-    }
+    let tr = &mut k.tr[..k.x.len()];
+    let positive = transcendental_slice::<LOG_TARGET, T>(k.t, tr);
+    sum_terms::<LOG_TARGET, true, T>(k.acc, k.first, k.x, k.t, tr, positive, k.g, k.gx);
 }
 
 /// The terms of a run added to the lanes, and the input gradient for `g` written.

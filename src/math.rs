@@ -72,8 +72,9 @@ pub(crate) fn ln_f32_normal(x: f32) -> f32 {
 fn ln_f32_scaled(x: f32, k0: i32) -> f32 {
     const LN2_HI: f32 = f32::from_bits(0x3f317180); // 6.9313812256e-01
     const LN2_LO: f32 = f32::from_bits(0x3717f7d1); // 9.0580006145e-06
-                                                    // R(z)/z for ln(1+f) = f - s*(f - R), fitted by scripts/fit_ln_f32.py (three terms; musl's
-                                                    // logf has four, and is no more exact in this formula).
+
+    // R(z)/z for ln(1+f) = f - s*(f - R), fitted by scripts/fit_ln_f32.py (three terms; musl's
+    // logf has four, and is no more exact in this formula).
     const LG1: f32 = f32::from_bits(0x3f2aaab0); // 6.6666698456e-01
     const LG2: f32 = f32::from_bits(0x3eccbd15); // 3.9988008142e-01
     const LG3: f32 = f32::from_bits(0x3e97739f); // 2.9580399394e-01
@@ -250,7 +251,8 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_HI: f32 = f32::from_bits(0x3f318000); // 0.693359375, exact times k
     const LN2_LO: f32 = -2.121_944_4e-4;
     const MAGIC: f32 = 12582912.0; // 1.5 * 2^23: adding it rounds to an integer
-                                   // Clamp so that k fits the two-step scaling.
+
+    // Clamp so that k fits the two-step scaling.
     let xc = x.clamp(-110.0, 100.0); // NaN stays NaN
     let kb = xc.mul_add(LOG2E, MAGIC);
     let kf = kb - MAGIC;

@@ -19,9 +19,8 @@ pub(crate) const LANES: usize = 16;
 /// The lane accumulators of one block.
 pub(crate) type Lanes = [f64; LANES];
 
-/// Adds the terms of `x`, `t` into `acc`; `x[0]` has logical index `first` (only
-/// `first % LANES` matters). In pieces of [`TILE`]: the transcendentals of a piece, then its
-/// terms.
+/// Adds the terms of `x`, `t` (at most [`TILE`] long) into `acc`; `x[0]` has logical index
+/// `first` (only `first % LANES` matters).
 #[inline(always)]
 pub(crate) fn sum_slice<const LOG_TARGET: bool, T: Float>(
     tr: &mut [T; TILE],
@@ -30,13 +29,10 @@ pub(crate) fn sum_slice<const LOG_TARGET: bool, T: Float>(
     x: &[T],
     t: &[T],
 ) {
-    debug_assert!(x.len() == t.len());
-    for (i, (x, t)) in x.chunks(TILE).zip(t.chunks(TILE)).enumerate() {
-        let tr = &mut tr[..x.len()];
-        let positive = transcendental_slice::<LOG_TARGET, T>(t, tr);
-        let first = first + i * TILE;
-        sum_terms::<LOG_TARGET, false, T>(acc, first, x, t, tr, positive, 0.0, &mut []);
-    }
+    debug_assert!(x.len() == t.len() && x.len() <= TILE);
+    let tr = &mut tr[..x.len()];
+    let positive = transcendental_slice::<LOG_TARGET, T>(t, tr);
+    sum_terms::<LOG_TARGET, false, T>(acc, first, x, t, tr, positive, 0.0, &mut []);
 }
 
 /// Adds the terms of `x`, `t` into `acc` given `tr = transcendental(t)`; element `i` goes to

@@ -134,8 +134,8 @@ impl<const K: usize> Walk<K> {
     }
 
     /// Calls `f` on the runs covering logical indices `start..end`, in order; a run never
-    /// crosses the end of the last axis and holds at most `max_len` elements.
-    pub(crate) fn runs(&self, start: usize, end: usize, max_len: usize, mut f: impl FnMut(Run<K>)) {
+    /// crosses the end of the last axis and holds at most [`TILE`] elements.
+    pub(crate) fn runs(&self, start: usize, end: usize, mut f: impl FnMut(Run<K>)) {
         debug_assert!(start <= end && end <= self.blocks.len());
         if start == end {
             return;
@@ -156,7 +156,7 @@ impl<const K: usize> Walk<K> {
         let inner = self.strides[last];
         let mut pos = start;
         while pos < end {
-            let len = (self.shape[last] - idx[last]).min(end - pos).min(max_len);
+            let len = (self.shape[last] - idx[last]).min(end - pos).min(TILE);
             f(Run {
                 first: pos,
                 len,
@@ -350,8 +350,7 @@ impl<'a, T: Copy> Dst<'a, T> {
 
 /// Calls `f(first, sources, destinations)` on every run of logical indices `lo..hi`: the `R`
 /// sources as slices to read and the `W` destinations as slices to fill. The walk's operands
-/// are the sources, then the destinations (`K == R + W`). Runs hold at most [`TILE`] elements
-/// when any operand is strided; contiguous runs may be as long as the range.
+/// are the sources, then the destinations (`K == R + W`).
 #[inline]
 pub(crate) fn for_runs<T: Copy + Default, const K: usize, const R: usize, const W: usize>(
     walk: &Walk<K>,
@@ -362,7 +361,7 @@ pub(crate) fn for_runs<T: Copy + Default, const K: usize, const R: usize, const 
 ) {
     assert_eq!(K, R + W, "one stride per operand");
     // Tiles are only needed for strided runs; contiguous data goes without (and without
-    // zeroing them), in runs as long as the block allows (one kernel call per block).
+    // zeroing them).
     if walk.inner_strides().iter().all(|&s| s == 1) {
         for_runs_with_tiles::<T, K, R, W, 0>(walk, (lo, hi), srcs, dsts, f)
     } else {
@@ -387,8 +386,7 @@ fn for_runs_with_tiles<
     let strides = walk.inner_strides();
     let mut src_tiles = [[T::default(); N]; R];
     let mut dst_tiles = [[T::default(); N]; W];
-    let max_len = if N == 0 { usize::MAX } else { N };
-    walk.runs(lo, hi, max_len, |r| {
+    walk.runs(lo, hi, |r| {
         let mut ins = src_tiles
             .iter_mut()
             .zip(srcs)
@@ -436,14 +434,12 @@ mod tests {
         // Fortran-ordered 3x4: no merge; runs of 4 with stride 3.
         let w = Walk::<1>::new(&[3, 4], [&[1, 3]]).unwrap();
         let mut seen = Vec::new();
-        w.runs(2, 11, TILE, |r| seen.push((r.first, r.len, r.offsets[0])));
+        w.runs(2, 11, |r| seen.push((r.first, r.len, r.offsets[0])));
         assert_eq!(seen, vec![(2, 2, 6), (4, 4, 1), (8, 3, 2)]);
         // A long contiguous axis is cut into tiles.
         let w = Walk::<1>::new(&[2 * TILE + 1], [&[1]]).unwrap();
         let mut lens = Vec::new();
-        w.runs(0, w.blocks().len(), TILE, |r| {
-            lens.push((r.len, r.offsets[0]))
-        });
+        w.runs(0, w.blocks().len(), |r| lens.push((r.len, r.offsets[0])));
         assert_eq!(
             lens,
             vec![(TILE, 0), (TILE, TILE as isize), (1, 2 * TILE as isize)]
@@ -456,7 +452,7 @@ mod tests {
         assert_eq!(w.blocks().len(), 1);
         let w = Walk::<2>::new(&[3, 0], [&[0, 1], &[0, 1]]).unwrap();
         assert_eq!(w.blocks().len(), 0);
-        w.runs(0, 0, TILE, |_| panic!("no runs in an empty walk"));
+        w.runs(0, 0, |_| panic!("no runs in an empty walk"));
     }
 
     #[test]
