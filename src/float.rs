@@ -2,10 +2,10 @@
 
 /// A floating-point element type that kldiv computes on (`f32` or `f64`).
 ///
-/// `log` and `exp` are evaluated in the element type's precision, as PyTorch does; the rest of
-/// each formula in `f64` (for an `f32` target `t > 0`, the term `t * (ln t - x)` takes the
-/// difference in `f32`, once rounded, and the product exactly in `f64`), sums are accumulated
-/// in `f64`, and an `f32` result is rounded once, at the end. This trait is sealed: it is implemented for `f32` and `f64` only.
+/// `log` and `exp` are evaluated in the element type's precision, as PyTorch does; a term is
+/// a factor times a difference, `t * (ln t - x)` (or `exp(t) * (t - x)`), with the difference
+/// in the element type and the product in `f64` (exact for `f32`); sums are accumulated in
+/// `f64`, and an `f32` result is rounded once, at the end. This trait is sealed: it is implemented for `f32` and `f64` only.
 ///
 /// # Example
 /// ```
@@ -108,11 +108,12 @@ mod sealed {
         /// subnormals wrap around to large values; negative values, infinities and NaNs lie
         /// above). One integer operation, so that a run is checked with a vector maximum.
         fn normal_offset(self) -> Self::Bits;
-        /// `crate::terms::positive_term`: `t * (tr - x)` for positive, finite `t`, `tr = ln t`.
-        fn positive_term(x: Self, t: Self, tr: Self) -> f64;
-        /// `acc + positive_term(x, t, tr)`, the same bits (for `f32` in one fused multiply-add:
-        /// the product is exact, so fusing does not change the rounding).
-        fn add_positive_term(acc: f64, x: Self, t: Self, tr: Self) -> f64;
+        /// `a * (b - c)` in `f64`, the difference rounded once to `Self` (for `f32` the product
+        /// is then exact in `f64`): how a term is a factor times a difference.
+        fn scaled_difference(a: Self, b: Self, c: Self) -> f64;
+        /// `acc + scaled_difference(a, b, c)`, the same bits (for `f32` in one fused
+        /// multiply-add: the product is exact, so fusing does not change the rounding).
+        fn add_scaled_difference(acc: f64, a: Self, b: Self, c: Self) -> f64;
         /// `ln self` for positive, normal, finite `self` (the same bits as [`super::Float::ln`]
         /// there); anything for other values.
         fn ln_normal(self) -> Self;
@@ -125,13 +126,12 @@ mod sealed {
             self.to_bits().wrapping_sub(f32::MIN_POSITIVE.to_bits())
         }
         #[inline(always)]
-        fn positive_term(x: f32, t: f32, tr: f32) -> f64 {
-            // The difference rounded once; the product of two f32 is exact in f64.
-            t as f64 * (tr - x) as f64
+        fn scaled_difference(a: f32, b: f32, c: f32) -> f64 {
+            a as f64 * (b - c) as f64
         }
         #[inline(always)]
-        fn add_positive_term(acc: f64, x: f32, t: f32, tr: f32) -> f64 {
-            (t as f64).mul_add((tr - x) as f64, acc)
+        fn add_scaled_difference(acc: f64, a: f32, b: f32, c: f32) -> f64 {
+            (a as f64).mul_add((b - c) as f64, acc)
         }
         #[inline(always)]
         fn ln_normal(self) -> Self {
@@ -146,14 +146,12 @@ mod sealed {
             self.to_bits().wrapping_sub(f64::MIN_POSITIVE.to_bits())
         }
         #[inline(always)]
-        fn positive_term(x: f64, t: f64, tr: f64) -> f64 {
-            // As for the special values (no cancellation to avoid in f64; no overflow of
-            // t * (tr - x) where t * tr and t * x do not).
-            t.mul_add(tr, -(t * x))
+        fn scaled_difference(a: f64, b: f64, c: f64) -> f64 {
+            a * (b - c)
         }
         #[inline(always)]
-        fn add_positive_term(acc: f64, x: f64, t: f64, tr: f64) -> f64 {
-            acc + Self::positive_term(x, t, tr)
+        fn add_scaled_difference(acc: f64, a: f64, b: f64, c: f64) -> f64 {
+            acc + a * (b - c) // not fused: the product is rounded, as in `scaled_difference`
         }
         #[inline(always)]
         fn ln_normal(self) -> Self {

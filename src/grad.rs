@@ -14,9 +14,7 @@ use crate::loss::{common_shape, divisor, Reduction};
 use crate::parallel::{for_each_block, tree_sum};
 use crate::reduce::{fold_lanes, sum_terms, Lanes, LANES};
 use crate::simd::{dispatch, Kernel};
-use crate::terms::{
-    grad_input_with, grad_target_with, positive_term, term_with, transcendental_slice,
-};
+use crate::terms::{fast_term, grad_input_with, grad_target_with, term_with, transcendental_slice};
 use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Walk, TILE};
 
 /// Both gradients of the loss for an incoming gradient `grad_output`, as PyTorch's autograd
@@ -357,8 +355,8 @@ impl<T: Float> Kernel for Backward<'_, T> {
 #[inline(always)]
 fn fused_sum_slice<const LOG_TARGET: bool, T: Float>(k: FusedSum<'_, T>) {
     let tr = &mut k.tr[..k.x.len()];
-    let positive = transcendental_slice::<LOG_TARGET, T>(k.t, tr);
-    sum_terms::<LOG_TARGET, true, T>(k.acc, k.first, k.x, k.t, tr, positive, k.g, k.gx);
+    let fast = transcendental_slice::<LOG_TARGET, T>(k.t, tr);
+    sum_terms::<LOG_TARGET, true, T>(k.acc, k.first, k.x, k.t, tr, fast, k.g, k.gx);
 }
 
 /// The terms of a run added to the lanes, and the input gradient for `g` written.
@@ -388,7 +386,7 @@ impl<T: Float> Kernel for FusedSum<'_, T> {
 #[inline(always)]
 fn terms_and_grad_slice<const LOG_TARGET: bool, T: Float>(k: TermsAndGrad<'_, T>) {
     if transcendental_slice::<LOG_TARGET, T>(k.t, k.gx) {
-        terms_and_grad_given::<LOG_TARGET, T>(k, positive_term::<T>)
+        terms_and_grad_given::<LOG_TARGET, T>(k, fast_term::<LOG_TARGET, T>)
     } else {
         terms_and_grad_given::<LOG_TARGET, T>(k, term_with::<LOG_TARGET, T>)
     }

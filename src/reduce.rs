@@ -9,7 +9,7 @@
 use crate::float::Float;
 use crate::simd::Kernel;
 use crate::terms::{
-    add_positive_term, add_term, all_positive_normal, grad_input_with, transcendental_slice,
+    add_fast_term, add_term, all_positive_normal, grad_input_with, transcendental_slice,
 };
 use crate::walk::TILE;
 
@@ -31,16 +31,15 @@ pub(crate) fn sum_slice<const LOG_TARGET: bool, T: Float>(
 ) {
     debug_assert!(x.len() == t.len() && x.len() <= TILE);
     let tr = &mut tr[..x.len()];
-    let positive = transcendental_slice::<LOG_TARGET, T>(t, tr);
-    sum_terms::<LOG_TARGET, false, T>(acc, first, x, t, tr, positive, 0.0, &mut []);
+    let fast = transcendental_slice::<LOG_TARGET, T>(t, tr);
+    sum_terms::<LOG_TARGET, false, T>(acc, first, x, t, tr, fast, 0.0, &mut []);
 }
 
 /// Adds the terms of `x`, `t` into `acc` given `tr = transcendental(t)`; element `i` goes to
-/// lane `(first + i) % LANES`, in order of `i` within each lane. `positive` says that every
-/// `t` is positive, normal and finite (as [`transcendental_slice`] returns it), so that
-/// [`crate::terms::positive_term`] gives each term. With `GRAD`, also writes the input gradient for `g` into
-/// `gx` in the same loop (one load and widening of each `t`). Every fused reduction goes
-/// through here.
+/// lane `(first + i) % LANES`, in order of `i` within each lane. `fast` says that
+/// [`crate::terms::fast_term`] gives every term (as [`transcendental_slice`] returns it). With
+/// `GRAD`, also writes the input gradient for `g` into `gx` in the same loop (one load and
+/// widening of each `t`). Every fused reduction goes through here.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn sum_terms<const LOG_TARGET: bool, const GRAD: bool, T: Float>(
@@ -49,12 +48,12 @@ pub(crate) fn sum_terms<const LOG_TARGET: bool, const GRAD: bool, T: Float>(
     x: &[T],
     t: &[T],
     tr: &[T],
-    positive: bool,
+    fast: bool,
     g: f64,
     gx: &mut [T],
 ) {
-    if positive {
-        let add = add_positive_term::<T>;
+    if fast {
+        let add = add_fast_term::<LOG_TARGET, T>;
         sum_terms_by::<LOG_TARGET, GRAD, T>(acc, first, x, t, tr, g, gx, add)
     } else {
         let add = add_term::<LOG_TARGET, T>;
@@ -153,7 +152,7 @@ pub(crate) fn column_sum<const LOG_TARGET: bool, T: Float>(
 ) {
     let tr = &mut tr[..x.len()];
     if transcendental_slice::<LOG_TARGET, T>(t, tr) {
-        column_sum_by(acc, x, t, tr, add_positive_term::<T>)
+        column_sum_by(acc, x, t, tr, add_fast_term::<LOG_TARGET, T>)
     } else {
         column_sum_by(acc, x, t, tr, add_term::<LOG_TARGET, T>)
     }
@@ -210,10 +209,10 @@ impl<T: Float> Kernel for SumGiven<'_, T> {
     fn run(self) {
         let (acc, first, x, t, tr) = (self.acc, self.first, self.x, self.t, self.tr);
         if self.log_target {
-            sum_terms::<true, false, T>(acc, first, x, t, tr, false, 0.0, &mut [])
+            sum_terms::<true, false, T>(acc, first, x, t, tr, true, 0.0, &mut [])
         } else {
-            let positive = all_positive_normal(t);
-            sum_terms::<false, false, T>(acc, first, x, t, tr, positive, 0.0, &mut [])
+            let fast = all_positive_normal(t);
+            sum_terms::<false, false, T>(acc, first, x, t, tr, fast, 0.0, &mut [])
         }
     }
 }
@@ -257,9 +256,9 @@ mod tests {
     }
 
     #[test]
-    fn positive_terms_add_up_to_the_same_bits_either_way() {
-        // The shortcut for runs of positive normal targets (a fused multiply-add of the f32
-        // difference) gives the bits of the general term, element by element.
+    fn fast_terms_add_up_to_the_same_bits_either_way() {
+        // The shortcut (a fused multiply-add of the f32 difference) for runs of positive
+        // normal targets, and always with log_target, gives the bits of the general term.
         let n = 1000;
         let mut s = 0x2545f4914f6cdd1d_u64;
         let mut next = move || {
@@ -281,6 +280,19 @@ mod tests {
             sum_terms::<false, false, f32>(&mut fast, first, &x, &t, &tr, true, 0.0, &mut []);
             sum_terms::<false, false, f32>(&mut general, first, &x, &t, &tr, false, 0.0, &mut []);
             assert_eq!(fast.map(f64::to_bits), general.map(f64::to_bits));
+        }
+        // log_target: t holds log-probabilities, and some special values.
+        let mut lt: Vec<f32> = t.iter().map(|&v| v.ln()).collect();
+        lt[3] = f32::NEG_INFINITY;
+        lt[9] = f32::INFINITY;
+        lt[17] = f32::NAN;
+        lt[20] = 80.0;
+        assert!(transcendental_slice::<true, f32>(&lt, &mut tr));
+        let (mut fast, mut general) = ([0.0; LANES], [0.0; LANES]);
+        sum_terms::<true, false, f32>(&mut fast, 3, &x, &lt, &tr, true, 0.0, &mut []);
+        sum_terms::<true, false, f32>(&mut general, 3, &x, &lt, &tr, false, 0.0, &mut []);
+        for (f, g) in fast.iter().zip(&general) {
+            assert!(f.to_bits() == g.to_bits() || (f.is_nan() && g.is_nan()));
         }
     }
 

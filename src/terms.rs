@@ -9,13 +9,13 @@
 //! ```
 //!
 //! `xlogy(t, t)` is NaN where `t` is NaN, 0 where `t == 0`, `t * log(t)` elsewhere (NaN for
-//! `t < 0`). Every IEEE special value follows from these expressions, so for special targets
-//! (0, +inf, negative, NaN) and with `log_target` they are evaluated literally: `log t` and
-//! `exp t` in the element type's precision (as PyTorch does), the products and differences in
-//! `f64`. For a positive, finite target (the hot path) `xlogy(t, t) - t * x` is
-//! `t * (ln t - x)`, evaluated without its cancellation: for `f32` the difference is rounded
-//! once to `f32` and the product is exact in `f64` ([`positive_term`]). Results are rounded once
-//! to the element type.
+//! `t < 0`). `log t` and `exp t` are evaluated in the element type's precision (as PyTorch
+//! does). A term is then a factor times a difference ([`fast_term`]): `exp(t) * (t - x)`, and
+//! for a positive, finite target `t * (ln t - x)`, which is `xlogy(t, t) - t * x` without its
+//! cancellation. The difference is rounded once to the element type and the product taken in
+//! `f64` (exact for `f32`), so every IEEE special value comes out as in PyTorch. For the other
+//! targets (0, +inf, negative, NaN) `xlogy(t, t) - t * x` is evaluated literally, in `f64`.
+//! Results are rounded once to the element type.
 
 use crate::float::Float;
 use crate::simd::Kernel;
@@ -51,25 +51,27 @@ pub(crate) fn transcendental<const LOG_TARGET: bool, T: Float>(t: T) -> T {
 /// [`term`] given `tr = transcendental(t)`.
 #[inline(always)]
 pub(crate) fn term_with<const LOG_TARGET: bool, T: Float>(x: T, t: T, tr: T) -> f64 {
-    let (x64, t64, tr64) = (x.to_f64(), t.to_f64(), tr.to_f64());
-    if LOG_TARGET {
-        tr64 * (t64 - x64)
-    } else if t > T::default() && t < T::INFINITY {
-        positive_term(x, t, tr)
+    if LOG_TARGET || (t > T::default() && t < T::INFINITY) {
+        fast_term::<LOG_TARGET, T>(x, t, tr)
     } else {
         // xlogy(t, t) - t * x literally, for the special values: NaN for NaN (and negative) t,
         // +0 for ±0 and finite x (`tr` is `t` there), NaN for +inf and x >= 0.
+        let (x64, t64, tr64) = (x.to_f64(), t.to_f64(), tr.to_f64());
         t64.mul_add(tr64, -(t64 * x64))
     }
 }
 
-/// [`term_with`] (not `log_target`) for positive, finite `t`: `t * (ln t - x)`. For `f32` the
-/// difference is rounded once to `f32` and the product is exact in `f64` (two conversions
-/// instead of three per element: the hot loop's cost); for `f64`, `t*tr - t*x` with one fused
-/// rounding. For such `t`, `xlogy(t, t) - t * x` is this value up to those roundings.
+/// A term as a factor times a difference, the difference rounded once to `T` and the product
+/// in `f64` (exact for `f32`: two conversions to `f64` per element instead of three, the hot
+/// loop's cost): `exp(t) * (t - x)` with `LOG_TARGET`, else `t * (ln t - x)`. [`term_with`]
+/// for every `t` with `LOG_TARGET`, and for positive, finite `t` without.
 #[inline(always)]
-pub(crate) fn positive_term<T: Float>(x: T, t: T, tr: T) -> f64 {
-    T::positive_term(x, t, tr)
+pub(crate) fn fast_term<const LOG_TARGET: bool, T: Float>(x: T, t: T, tr: T) -> f64 {
+    if LOG_TARGET {
+        T::scaled_difference(tr, t, x)
+    } else {
+        T::scaled_difference(t, tr, x)
+    }
 }
 
 /// `acc + term_with(x, t, tr)`: how the summing kernels add a term to a lane.
@@ -78,11 +80,15 @@ pub(crate) fn add_term<const LOG_TARGET: bool, T: Float>(acc: f64, x: T, t: T, t
     acc + term_with::<LOG_TARGET, T>(x, t, tr)
 }
 
-/// `acc + positive_term(x, t, tr)`, the same bits as [`add_term`] for positive, finite `t`
-/// (in one fused multiply-add for `f32`).
+/// `acc + fast_term(x, t, tr)`: the same bits as [`add_term`] where [`fast_term`] applies (in
+/// one fused multiply-add for `f32`, whose product is exact).
 #[inline(always)]
-pub(crate) fn add_positive_term<T: Float>(acc: f64, x: T, t: T, tr: T) -> f64 {
-    T::add_positive_term(acc, x, t, tr)
+pub(crate) fn add_fast_term<const LOG_TARGET: bool, T: Float>(acc: f64, x: T, t: T, tr: T) -> f64 {
+    if LOG_TARGET {
+        T::add_scaled_difference(acc, tr, t, x)
+    } else {
+        T::add_scaled_difference(acc, t, tr, x)
+    }
 }
 
 /// `d term / d x` times the incoming gradient `g`, as PyTorch's autograd evaluates it:
@@ -140,19 +146,24 @@ pub(crate) fn grad_target_with<const LOG_TARGET: bool, T: Float>(g: f64, x: T, t
 }
 
 /// The transcendental of every element of `t` (see [`transcendental`]), into `out`. Returns
-/// whether every `t` is positive, normal and finite (never with `LOG_TARGET`): then
-/// [`positive_term`] is every element's [`term_with`].
+/// whether [`fast_term`] is every element's [`term_with`]: always with `LOG_TARGET`, else when
+/// every `t` is positive, normal and finite.
 #[inline(always)]
 pub(crate) fn transcendental_slice<const LOG_TARGET: bool, T: Float>(
     t: &[T],
     out: &mut [T],
 ) -> bool {
-    if !LOG_TARGET && all_positive_normal(t) {
+    if LOG_TARGET {
+        for (o, &ti) in out.iter_mut().zip(t) {
+            *o = ti.exp();
+        }
+        true
+    } else if all_positive_normal(t) {
         ln_normal_slice(t, out);
         true
     } else {
         for (o, &ti) in out.iter_mut().zip(t) {
-            *o = transcendental::<LOG_TARGET, T>(ti);
+            *o = ti.xlog_factor();
         }
         false
     }
@@ -160,7 +171,7 @@ pub(crate) fn transcendental_slice<const LOG_TARGET: bool, T: Float>(
 
 /// Whether every value is positive, normal and finite (the common case for probabilities),
 /// so that [`ln_normal_slice`] gives the same bits as `ln` does with all its special cases,
-/// and [`positive_term`] those of [`term_with`].
+/// and [`fast_term`] those of [`term_with`].
 #[inline(always)]
 pub(crate) fn all_positive_normal<T: Float>(t: &[T]) -> bool {
     // A maximum over the run, so that it vectorises without branches or mask chains.
@@ -184,7 +195,7 @@ pub(crate) fn terms_slice<const LOG_TARGET: bool, T: Float>(x: &[T], t: &[T], ou
     debug_assert!(x.len() == t.len() && t.len() == out.len());
     // The transcendental first, in place in `out` (T's full SIMD width), then the rest.
     if transcendental_slice::<LOG_TARGET, T>(t, out) {
-        terms_given(x, t, out, positive_term::<T>)
+        terms_given(x, t, out, fast_term::<LOG_TARGET, T>)
     } else {
         terms_given(x, t, out, term_with::<LOG_TARGET, T>)
     }
@@ -363,7 +374,7 @@ mod tests {
                 let literal = t64 * tr64 - t64 * x64;
                 assert!((got - literal).abs() <= 1e-7 * (t64 * tr64).abs().max((t64 * x64).abs()));
                 assert_eq!(add_term::<false, f32>(0.25, x, t, tr).to_bits(), {
-                    add_positive_term::<f32>(0.25, x, t, tr).to_bits()
+                    add_fast_term::<false, f32>(0.25, x, t, tr).to_bits()
                 });
             }
         }
