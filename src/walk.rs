@@ -141,8 +141,15 @@ impl<const K: usize> Walk<K> {
             return;
         }
         let nd = self.shape.len();
-        // Multi-index and offsets of `start`.
-        let mut idx = vec![0usize; nd];
+        // Multi-index and offsets of `start` (on the stack for up to 16 merged axes: this runs
+        // once per block).
+        let (mut small, mut large) = ([0usize; 16], Vec::new());
+        let idx: &mut [usize] = if nd <= small.len() {
+            &mut small[..nd]
+        } else {
+            large.resize(nd, 0);
+            &mut large
+        };
         let mut offsets = [0isize; K];
         let mut rest = start;
         for a in (0..nd).rev() {
