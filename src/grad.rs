@@ -15,7 +15,7 @@ use crate::parallel::{for_each_block, tree_sum};
 use crate::reduce::{fold_lanes, sum_terms, Lanes, LANES};
 use crate::simd::{dispatch, Kernel};
 use crate::terms::{fast_term, grad_input_with, grad_target_with, term_with, transcendental_slice};
-use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Walk, TILE};
+use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Tile, Walk, TILE};
 
 /// Both gradients of the loss for an incoming gradient `grad_output`, as PyTorch's autograd
 /// computes them: `grad_input = d/dx`, `grad_target = d/dt`, each `grad_output / divisor`
@@ -277,9 +277,8 @@ pub(crate) fn fused_sum<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
     };
     let g = 1.0 / divisor;
     let blocks = walk.blocks();
-    Ok(f64::from_f64(tree_sum(blocks, |b| {
+    Ok(f64::from_f64(tree_sum(blocks, |b, tr: &mut Tile<T>| {
         let mut acc = [0.0; LANES];
-        let mut tr = [T::default(); TILE];
         for_runs(
             &walk,
             blocks.range(b),
@@ -287,7 +286,7 @@ pub(crate) fn fused_sum<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
             &dsts,
             |first, [x, t], [gx]| {
                 dispatch(FusedSum {
-                    tr: &mut tr,
+                    tr: &mut tr.0,
                     acc: &mut acc,
                     first,
                     g,

@@ -9,7 +9,7 @@ use crate::parallel::{for_each_block, tree_sum, tree_sum_by, Blocks, BLOCK};
 use crate::reduce::{fold_lanes, ColumnSum, Sum, SumGiven, LANES};
 use crate::simd::dispatch;
 use crate::terms::{TargetFactor, Terms};
-use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Walk, TILE};
+use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Tile, Walk, TILE};
 
 /// How the loss terms are reduced to one number (PyTorch's `reduction` argument, less `"none"`,
 /// which is [`kl_div_terms`]).
@@ -120,7 +120,7 @@ fn sum_broadcast_target<T: Float, D1: Dimension, D2: Dimension>(
         )
     };
     let blocks = walk3.blocks();
-    Some(tree_sum(blocks, |b| {
+    Some(tree_sum(blocks, |b, _: &mut ()| {
         let mut acc = [0.0; LANES];
         for_runs(
             &walk3,
@@ -269,12 +269,11 @@ fn sum_walk<T: Float>(walk: &Walk<2>, x: Src<'_, T>, t: Src<'_, T>, log_target: 
     if let Some((rows, row_steps, col_steps)) = walk.transposed() {
         return sum_transposed(blocks, rows, (row_steps, col_steps), [x, t], log_target);
     }
-    tree_sum(blocks, |b| {
+    tree_sum(blocks, |b, tr: &mut Tile<T>| {
         let mut acc = [0.0; LANES];
-        let mut tr = [T::default(); TILE];
         for_runs(walk, blocks.range(b), &[x, t], &[], |first, [x, t], []| {
             dispatch(Sum {
-                tr: &mut tr,
+                tr: &mut tr.0,
                 acc: &mut acc,
                 first,
                 x,
@@ -309,7 +308,7 @@ fn sum_transposed<T: Float>(
     log_target: bool,
 ) -> f64 {
     let row = blocks.row();
-    tree_sum_by(blocks, rows.div_ceil(GROUP), |g, store| {
+    tree_sum_by(blocks, rows.div_ceil(GROUP), |g, _: &mut (), store| {
         let (r0, nr) = (g * GROUP, GROUP.min(rows - g * GROUP));
         // acc[k][r]: the lane of row r0 + r that columns c with c % LANES == k add to.
         let mut acc = [[0.0; GROUP]; LANES];

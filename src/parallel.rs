@@ -169,28 +169,37 @@ impl Blocks {
     }
 }
 
-/// Runs `each(i)` once for every `i in 0..tasks`: on the calling thread alone for small
-/// inputs (`len` elements in all, in tasks of about equal size), else on the caller and the
-/// workers, claimed in chunks (see [`CHUNK`]).
-pub(crate) fn for_each_task(len: usize, tasks: usize, each: impl Fn(usize) + Sync) {
+/// Runs `each(i, scratch)` once for every `i in 0..tasks`: on the calling thread alone for
+/// small inputs (`len` elements in all, in tasks of about equal size), else on the caller and
+/// the workers, claimed in chunks (see [`CHUNK`]). Each thread makes one `S::default()` scratch
+/// (a tile, say) and hands it to all its tasks.
+pub(crate) fn for_each_task<S: Default>(
+    len: usize,
+    tasks: usize,
+    each: impl Fn(usize, &mut S) + Sync,
+) {
     let workers = if len < PARALLEL_MIN {
         None
     } else {
         threads().workers
     };
     let Some(pool) = workers else {
-        return (0..tasks).for_each(each);
+        let mut scratch = S::default();
+        return (0..tasks).for_each(|i| each(i, &mut scratch));
     };
     let threads = pool.current_num_threads() + 1;
     let chunk_len = CHUNK.min(len / (CLAIMS_PER_THREAD * threads));
     let chunk = (chunk_len / (len / tasks.max(1)).max(1)).max(1);
     let next = AtomicUsize::new(0);
-    let claim = || loop {
-        let first = next.fetch_add(chunk, Ordering::Relaxed);
-        if first >= tasks {
-            break;
+    let claim = || {
+        let mut scratch = S::default();
+        loop {
+            let first = next.fetch_add(chunk, Ordering::Relaxed);
+            if first >= tasks {
+                break;
+            }
+            (first..(first + chunk).min(tasks)).for_each(|i| each(i, &mut scratch));
         }
-        (first..(first + chunk).min(tasks)).for_each(&each);
     };
     pool.in_place_scope(|scope| {
         for _ in 0..pool.current_num_threads() {
@@ -202,37 +211,44 @@ pub(crate) fn for_each_task(len: usize, tasks: usize, each: impl Fn(usize) + Syn
 
 /// Runs `each(b)` once for every block (in parallel when large).
 pub(crate) fn for_each_block(blocks: &Blocks, each: impl Fn(usize) + Sync) {
-    for_each_task(blocks.len(), blocks.count(), each)
+    for_each_task(blocks.len(), blocks.count(), |b, _: &mut ()| each(b))
 }
 
-/// The sum over all blocks of `leaf(b)`, combined in the fixed pairwise tree.
-pub(crate) fn tree_sum(blocks: &Blocks, leaf: impl Fn(usize) -> f64 + Sync) -> f64 {
+/// The sum over all blocks of `leaf(b, scratch)`, combined in the fixed pairwise tree (scratch
+/// as in [`for_each_task`]).
+pub(crate) fn tree_sum<S: Default>(
+    blocks: &Blocks,
+    leaf: impl Fn(usize, &mut S) -> f64 + Sync,
+) -> f64 {
     let n = blocks.count();
     if blocks.len() < PARALLEL_MIN || threads().workers.is_none() {
-        return tree(0, n, &leaf);
+        let mut scratch = S::default();
+        return tree(0, n, &mut |b| leaf(b, &mut scratch));
     }
-    tree_sum_by(blocks, n, |b, store| store(b, leaf(b)))
+    tree_sum_by(blocks, n, |b, scratch, store| store(b, leaf(b, scratch)))
 }
 
-/// The sum over all blocks, combined in the fixed pairwise tree, where `task(i, store)` for
-/// `i in 0..tasks` computes some blocks' sums and hands each to `store(block, sum)`; every
-/// block must be stored by exactly one task.
-pub(crate) fn tree_sum_by(
+/// The sum over all blocks, combined in the fixed pairwise tree, where
+/// `task(i, scratch, store)` for `i in 0..tasks` computes some blocks' sums and hands each to
+/// `store(block, sum)`; every block must be stored by exactly one task.
+pub(crate) fn tree_sum_by<S: Default>(
     blocks: &Blocks,
     tasks: usize,
-    task: impl Fn(usize, &dyn Fn(usize, f64)) + Sync,
+    task: impl Fn(usize, &mut S, &dyn Fn(usize, f64)) + Sync,
 ) -> f64 {
     let n = blocks.count();
     let sums: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
     let store = |b: usize, v: f64| sums[b].store(v.to_bits(), Ordering::Relaxed);
-    for_each_task(blocks.len(), tasks, |i| task(i, &store));
+    for_each_task(blocks.len(), tasks, |i, scratch| task(i, scratch, &store));
     // `for_each_task` has joined every worker: all stores are visible here.
-    tree(0, n, &|b| f64::from_bits(sums[b].load(Ordering::Relaxed)))
+    tree(0, n, &mut |b| {
+        f64::from_bits(sums[b].load(Ordering::Relaxed))
+    })
 }
 
 /// The fixed pairwise tree: the sum over `lo..hi` is the sum over the first half plus the sum
 /// over the second.
-fn tree(lo: usize, hi: usize, leaf: &impl Fn(usize) -> f64) -> f64 {
+fn tree(lo: usize, hi: usize, leaf: &mut impl FnMut(usize) -> f64) -> f64 {
     match hi - lo {
         0 => 0.0,
         1 => leaf(lo),
@@ -249,8 +265,8 @@ mod tests {
 
     #[test]
     fn the_tree_is_fixed() {
-        assert_eq!(tree(0, 3, &|b| [1.0, 2.0, 3.0][b]), 1.0 + (2.0 + 3.0));
-        assert_eq!(tree(0, 0, &|_| 1.0), 0.0);
+        assert_eq!(tree(0, 3, &mut |b| [1.0, 2.0, 3.0][b]), 1.0 + (2.0 + 3.0));
+        assert_eq!(tree(0, 0, &mut |_| 1.0), 0.0);
     }
 
     #[test]
@@ -265,8 +281,8 @@ mod tests {
             assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == 1));
             let leaf = |b: usize| 1.0 / (b as f64 + 1.0);
             assert_eq!(
-                tree_sum(&blocks, leaf).to_bits(),
-                tree(0, blocks.count(), &leaf).to_bits()
+                tree_sum(&blocks, |b, _: &mut ()| leaf(b)).to_bits(),
+                tree(0, blocks.count(), &mut { leaf }).to_bits()
             );
         }
         set_num_threads(0);

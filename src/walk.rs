@@ -17,6 +17,16 @@ use crate::parallel::Blocks;
 /// Elements per stack tile for strided runs.
 pub(crate) const TILE: usize = 512;
 
+/// A tile of scratch space, made once per thread and call (see
+/// [`crate::parallel::for_each_task`]), not once per block.
+pub(crate) struct Tile<T>(pub [T; TILE]);
+
+impl<T: Copy + Default> Default for Tile<T> {
+    fn default() -> Self {
+        Tile([T::default(); TILE])
+    }
+}
+
 /// The broadcast shape of two shapes under NumPy rules, or `None` if they do not broadcast.
 pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let nd = a.len().max(b.len());
