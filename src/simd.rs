@@ -59,6 +59,7 @@ impl SimdLevel {
         }
     }
 
+    #[inline]
     fn from_u8(v: u8) -> SimdLevel {
         match v {
             3 => SimdLevel::Avx512,
@@ -103,16 +104,23 @@ static LEVEL: AtomicU8 = AtomicU8::new(UNSET);
 /// ```
 /// println!("kldiv runs at {}", kldiv::simd_level().name());
 /// ```
+#[inline]
 pub fn simd_level() -> SimdLevel {
     match LEVEL.load(Ordering::Relaxed) {
-        UNSET => {
-            let requested = std::env::var("KLDIV_SIMD")
-                .ok()
-                .and_then(|v| SimdLevel::from_name(&v));
-            set_simd_level(requested.unwrap_or(SimdLevel::Avx512))
-        }
+        UNSET => first_simd_level(),
         v => SimdLevel::from_u8(v),
     }
+}
+
+/// [`simd_level`]'s first call: reads `KLDIV_SIMD` (out of line: every kernel call inlines the
+/// rest).
+#[cold]
+#[inline(never)]
+fn first_simd_level() -> SimdLevel {
+    let requested = std::env::var("KLDIV_SIMD")
+        .ok()
+        .and_then(|v| SimdLevel::from_name(&v));
+    set_simd_level(requested.unwrap_or(SimdLevel::Avx512))
 }
 
 /// Runs the kernels at `level`, or at the best level the CPU supports if that is lower;
