@@ -296,8 +296,8 @@ const GROUP: usize = 64;
 const PREFETCH: usize = 8;
 
 /// [`sum_walk`] for a transposed walk: a group of [`GROUP`] rows is read column by column (each
-/// column contiguous in memory), and the terms of a column are added to lane `column % LANES`
-/// of each row's accumulators. Every lane of every block still sees its elements in logical
+/// column contiguous in memory) over one block of columns, and the terms of a column are added
+/// to lane `column % LANES` of each row's accumulators. Every lane of every block still sees its elements in logical
 /// order, and the lanes are folded in canonical order at each block's end, so every block has
 /// the same bits as on the row-by-row path.
 fn sum_transposed<T: Float>(
@@ -308,8 +308,14 @@ fn sum_transposed<T: Float>(
     log_target: bool,
 ) -> f64 {
     let row = blocks.row();
-    tree_sum_by(blocks, rows.div_ceil(GROUP), |g, _: &mut (), store| {
+    // One task per group of rows and block of columns: finer than whole groups (16 tasks for
+    // 1000 rows), so that two threads finish together (W8 0.45 -> 0.43 ns/element).
+    let per_row = row.div_ceil(BLOCK);
+    let tasks = rows.div_ceil(GROUP) * per_row;
+    tree_sum_by(blocks, tasks, |task, _: &mut (), store| {
+        let (g, j) = (task / per_row, task % per_row);
         let (r0, nr) = (g * GROUP, GROUP.min(rows - g * GROUP));
+        let (c0, c1) = (j * BLOCK, ((j + 1) * BLOCK).min(row));
         // acc[k][r]: the lane of row r0 + r that columns c with c % LANES == k add to.
         let mut acc = [[0.0; GROUP]; LANES];
         let (mut tx, mut tt, mut tr) = (
@@ -317,10 +323,10 @@ fn sum_transposed<T: Float>(
             [T::default(); TILE],
             [T::default(); TILE],
         );
-        for c in 0..row {
+        for c in c0..c1 {
             let at = |k: usize, c: usize| r0 as isize * row_steps[k] + c as isize * col_steps[k];
             // Each column starts on a new page, beyond the hardware prefetchers: ask ahead.
-            if c + PREFETCH < row {
+            if c + PREFETCH < c1 {
                 x.prefetch(at(0, c + PREFETCH), row_steps[0], nr);
                 t.prefetch(at(1, c + PREFETCH), row_steps[1], nr);
             }
@@ -335,20 +341,16 @@ fn sum_transposed<T: Float>(
                 t,
                 log_target,
             });
-            if (c + 1) % BLOCK == 0 || c + 1 == row {
-                let j = c / BLOCK;
-                for r in 0..nr {
-                    // Element (r, c) has logical index (r0 + r) * row + c: its lane is that mod
-                    // LANES, i.e. column lane k shifted by the row's start.
-                    let shift = (r0 + r) * row % LANES;
-                    let mut lanes = [0.0; LANES];
-                    for (k, acc_k) in acc.iter_mut().enumerate() {
-                        lanes[(shift + k) % LANES] = acc_k[r];
-                        acc_k[r] = 0.0;
-                    }
-                    store(blocks.index(r0 + r, j), fold_lanes(&lanes));
-                }
+        }
+        for r in 0..nr {
+            // Element (r, c) has logical index (r0 + r) * row + c: its lane is that mod LANES,
+            // i.e. column lane k shifted by the row's start.
+            let shift = (r0 + r) * row % LANES;
+            let mut lanes = [0.0; LANES];
+            for (k, acc_k) in acc.iter().enumerate() {
+                lanes[(shift + k) % LANES] = acc_k[r];
             }
+            store(blocks.index(r0 + r, j), fold_lanes(&lanes));
         }
     })
 }
