@@ -9,7 +9,9 @@ use crate::parallel::{for_each_block, tree_sum, tree_sum_by, Blocks, BLOCK};
 use crate::reduce::{fold_lanes, ColumnSum, Sum, SumGiven, LANES};
 use crate::simd::dispatch;
 use crate::terms::{TargetFactor, Terms};
-use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Tile, Walk, TILE};
+use crate::walk::{
+    broadcast_shape, broadcast_strides, for_runs, Cache, Dst, Src, Tile, Walk, TILE,
+};
 
 /// How the loss terms are reduced to one number (PyTorch's `reduction` argument, less `"none"`,
 /// which is [`kl_div_terms`]).
@@ -289,11 +291,14 @@ fn sum_walk<T: Float>(walk: &Walk<2>, x: Src<'_, T>, t: Src<'_, T>, log_target: 
 /// ahead it prefetches. Measured on 1000 x 10000 Fortran-order f32 (1 and 2 threads): groups
 /// of 64 rows (256 bytes per column and array, accumulators in 8 KiB) ran at 0.46 ns/element
 /// with 2 threads, 128 rows at 0.64-1.05, 32 rows at 0.52; groups that are not a multiple of
-/// 16 rows (a cache line of f32) share lines with their neighbours and ran 2x slower. Columns
-/// prefetched ahead, same data, interleaved in one process (2 threads, median ns/element):
-/// 0: 0.47-0.52, 2: 0.41-0.43, 4-8: 0.37-0.40, 16: 0.41, 32: 0.42 (NumPy's arrays, huge pages).
+/// 16 rows (a cache line of f32) share lines with their neighbours and ran 2x slower.
+/// Prefetches, same data, interleaved in one process (2 threads, W8's time over W1's): into L1
+/// only, 8 columns ahead, 1.59-2.02x (none: 2x; 32 ahead: worse than 8); into L2 only, 8
+/// ahead, 1.54-1.56x; into L2 8 ahead and L1 2-4 ahead, 1.28-1.50x (3 and 8: 1.35-1.42x). One
+/// thread: 0.80 -> 0.69 ns/element. In cache (1000 x 1000) the extra prefetches cost ~10%.
 const GROUP: usize = 64;
-const PREFETCH: usize = 8;
+const PREFETCH_L1: usize = 3;
+const PREFETCH_L2: usize = 8;
 
 /// [`sum_walk`] for a transposed walk: a group of [`GROUP`] rows is read column by column (each
 /// column contiguous in memory) over one block of columns, and the terms of a column are added
@@ -325,10 +330,13 @@ fn sum_transposed<T: Float>(
         );
         for c in c0..c1 {
             let at = |k: usize, c: usize| r0 as isize * row_steps[k] + c as isize * col_steps[k];
-            // Each column starts on a new page, beyond the hardware prefetchers: ask ahead.
-            if c + PREFETCH < c1 {
-                x.prefetch(at(0, c + PREFETCH), row_steps[0], nr);
-                t.prefetch(at(1, c + PREFETCH), row_steps[1], nr);
+            // Each column starts on a new page, beyond the hardware prefetchers: ask ahead,
+            // into L2 far enough to hide memory, into L1 near enough not to evict.
+            for (ahead, cache) in [(PREFETCH_L2, Cache::L2), (PREFETCH_L1, Cache::L1)] {
+                if c + ahead < c1 {
+                    x.prefetch(at(0, c + ahead), row_steps[0], nr, cache);
+                    t.prefetch(at(1, c + ahead), row_steps[1], nr, cache);
+                }
             }
             let (at0, at1) = (at(0, c), at(1, c));
             let x = x.run(at0, row_steps[0], nr, &mut tx);

@@ -274,35 +274,49 @@ impl<'a, T: Copy> Src<'a, T> {
 
 impl<T> Src<'_, T> {
     /// Asks the CPU to start loading the cache lines of a run (see [`Src::run`]) that will be
-    /// read soon; only for contiguous runs (other strides are left to the hardware).
+    /// read soon, into `cache`; only for contiguous runs (other strides are left to the
+    /// hardware).
     #[inline(always)]
-    pub(crate) fn prefetch(&self, offset: isize, stride: isize, len: usize) {
+    pub(crate) fn prefetch(&self, offset: isize, stride: isize, len: usize, cache: Cache) {
         if stride.unsigned_abs() != 1 {
             return;
         }
         let line = (64 / std::mem::size_of::<T>().max(1)) as isize;
         let mut i = 0;
         while i < len as isize + line {
-            prefetch(
-                self.ptr
-                    .wrapping_offset(offset + stride * i.min(len as isize - 1)),
-            );
+            let p = self
+                .ptr
+                .wrapping_offset(offset + stride * i.min(len as isize - 1));
+            prefetch(p, cache);
             i += line;
         }
     }
 }
 
-/// Asks the CPU to bring the cache line at `p` into L1 (no effect on other targets).
+/// Where a prefetch brings a cache line.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Cache {
+    /// The core's first-level data cache.
+    L1,
+    /// The second-level cache: further ahead, without filling L1's miss buffers.
+    L2,
+}
+
+/// Asks the CPU to bring the cache line at `p` into `cache` (no effect on other targets).
 #[inline(always)]
-fn prefetch<T>(p: *const T) {
+fn prefetch<T>(p: *const T, cache: Cache) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program, so
     // any address is allowed (`p` may lie outside the view: it is made with `wrapping_offset`).
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        match cache {
+            Cache::L1 => _mm_prefetch::<_MM_HINT_T0>(p as *const i8),
+            Cache::L2 => _mm_prefetch::<_MM_HINT_T1>(p as *const i8),
+        }
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    let _ = (p, cache);
 }
 
 /// A writable operand: the address of logical index 0 of a mutable view.
