@@ -5,7 +5,8 @@
 /// `log` and `exp` are evaluated in the element type's precision, as PyTorch does; a term is
 /// a factor times a difference, `t * (ln t - x)` (or `exp(t) * (t - x)`), with the difference
 /// in the element type and the product in `f64` (exact for `f32`); sums are accumulated in
-/// `f64`, and an `f32` result is rounded once, at the end. This trait is sealed: it is implemented for `f32` and `f64` only.
+/// `f64`, and an `f32` result is rounded once, at the end. This trait is sealed: it is
+/// implemented for `f32` and `f64` only.
 ///
 /// # Example
 /// ```

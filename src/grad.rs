@@ -1,10 +1,10 @@
 //! Gradients: PyTorch's autograd results for both arguments, and the loss with its input
 //! gradient fused in one pass (the training step's hot path).
 //!
-//! The elementwise derivatives are [`crate::grad_input`] and [`crate::grad_target`] beside the formula in
-//! `terms.rs`. A reduced loss's gradient is known before the pass (`1 / divisor` for every
-//! element), so [`kl_div_and_grad_into`] reads each element once, adds its term to the sum and
-//! writes its gradient in the same loop.
+//! The elementwise derivatives are [`crate::grad_input`] and [`crate::grad_target`] beside
+//! the formula in `terms.rs`. A reduced loss's gradient is known before the pass
+//! (`1 / divisor` for every element), so [`kl_div_and_grad_into`] reads each element once,
+//! adds its term to the sum and writes its gradient in the same loop.
 
 use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 

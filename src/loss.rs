@@ -106,7 +106,8 @@ fn sum_broadcast_target<T: Float, D1: Dimension, D2: Dimension>(
         .as_slice()
         .expect("a standard-layout array is contiguous");
     let mut factors = vec![T::default(); t_slice.len()];
-    dispatch(TargetFactor {
+    // Whether the shortcut term applies to the whole target, so to every run of it.
+    let fast = dispatch(TargetFactor {
         t: t_slice,
         out: &mut factors,
         log_target,
@@ -136,6 +137,7 @@ fn sum_broadcast_target<T: Float, D1: Dimension, D2: Dimension>(
                     x,
                     t,
                     tr,
+                    fast,
                     log_target,
                 })
             },
@@ -302,9 +304,9 @@ const PREFETCH_L2: usize = 8;
 
 /// [`sum_walk`] for a transposed walk: a group of [`GROUP`] rows is read column by column (each
 /// column contiguous in memory) over one block of columns, and the terms of a column are added
-/// to lane `column % LANES` of each row's accumulators. Every lane of every block still sees its elements in logical
-/// order, and the lanes are folded in canonical order at each block's end, so every block has
-/// the same bits as on the row-by-row path.
+/// to lane `column % LANES` of each row's accumulators. Every lane of every block still sees
+/// its elements in logical order, and the lanes are folded in canonical order at the block's
+/// end, so every block has the same bits as on the row-by-row path.
 fn sum_transposed<T: Float>(
     blocks: &Blocks,
     rows: usize,

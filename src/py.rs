@@ -114,10 +114,10 @@ fn terms_and_grad<T: Float + Element>(
 ///
 /// A fresh large array costs a page fault per page on first write (the kernel zeroes each page:
 /// about 0.35 ns per float32 element here, as much as computing the loss). Results of at least
-/// [`MIN_BYTES`](pool::MIN_BYTES) therefore live in [`Buffer`]s: when NumPy frees such an array, its
-/// memory waits here (at most [`MAX_BYTES`](pool::MAX_BYTES) in all, the oldest freed first) and
-/// the next result of a similar size reuses it, as a loop that computes a loss and its
-/// gradient step after step does.
+/// [`MIN_BYTES`](pool::MIN_BYTES) therefore live in [`Buffer`]s: when NumPy frees such an
+/// array, its memory waits here (at most [`MAX_BYTES`](pool::MAX_BYTES) in all, the oldest
+/// freed first) and the next result of a similar size reuses it, as a loop that computes a
+/// loss and its gradient step after step does.
 mod pool {
     use std::sync::Mutex;
 

@@ -8,9 +8,7 @@
 
 use crate::float::Float;
 use crate::simd::Kernel;
-use crate::terms::{
-    add_fast_term, add_term, all_positive_normal, grad_input_with, transcendental_slice,
-};
+use crate::terms::{add_fast_term, add_term, grad_input_with, transcendental_slice};
 use crate::walk::TILE;
 
 /// Number of independent `f64` accumulators per block (a multiple of every SIMD width).
@@ -193,13 +191,15 @@ impl<T: Float> Kernel for ColumnSum<'_, T> {
     }
 }
 
-/// [`sum_terms`] as a [`Kernel`], `tr` given.
+/// [`sum_terms`] as a [`Kernel`], `tr` given, and `fast` as [`transcendental_slice`] returned
+/// it for all the `t` that `tr` was computed from.
 pub(crate) struct SumGiven<'a, T> {
     pub acc: &'a mut Lanes,
     pub first: usize,
     pub x: &'a [T],
     pub t: &'a [T],
     pub tr: &'a [T],
+    pub fast: bool,
     pub log_target: bool,
 }
 
@@ -207,11 +207,11 @@ impl<T: Float> Kernel for SumGiven<'_, T> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        let (acc, first, x, t, tr) = (self.acc, self.first, self.x, self.t, self.tr);
+        let (acc, first, x, t, tr, fast) =
+            (self.acc, self.first, self.x, self.t, self.tr, self.fast);
         if self.log_target {
-            sum_terms::<true, false, T>(acc, first, x, t, tr, true, 0.0, &mut [])
+            sum_terms::<true, false, T>(acc, first, x, t, tr, fast, 0.0, &mut [])
         } else {
-            let fast = all_positive_normal(t);
             sum_terms::<false, false, T>(acc, first, x, t, tr, fast, 0.0, &mut [])
         }
     }

@@ -154,24 +154,37 @@ pub(crate) fn transcendental_slice<const LOG_TARGET: bool, T: Float>(
     out: &mut [T],
 ) -> bool {
     if LOG_TARGET {
-        for (o, &ti) in out.iter_mut().zip(t) {
-            *o = ti.exp();
-        }
-        true
-    } else if all_positive_normal(t) {
-        ln_normal_slice(t, out);
+        map_slice(t, out, T::exp);
         true
     } else {
-        for (o, &ti) in out.iter_mut().zip(t) {
-            *o = ti.xlog_factor();
-        }
-        false
+        ln_slice_or(t, out, T::xlog_factor)
     }
 }
 
+/// `out[i] = f(t[i])`.
+#[inline(always)]
+fn map_slice<T: Float>(t: &[T], out: &mut [T], f: impl Fn(T) -> T) {
+    for (o, &ti) in out.iter_mut().zip(t) {
+        *o = f(ti);
+    }
+}
+
+/// `ln` of a run: without the special-value and subnormal handling when every value is
+/// positive, normal and finite (then returns true), else `general` (`ln` or `xlog_factor`).
+#[inline(always)]
+fn ln_slice_or<T: Float>(t: &[T], out: &mut [T], general: impl Fn(T) -> T) -> bool {
+    let normal = all_positive_normal(t);
+    if normal {
+        map_slice(t, out, T::ln_normal);
+    } else {
+        map_slice(t, out, general);
+    }
+    normal
+}
+
 /// Whether every value is positive, normal and finite (the common case for probabilities),
-/// so that [`ln_normal_slice`] gives the same bits as `ln` does with all its special cases,
-/// and [`fast_term`] those of [`term_with`].
+/// so that `ln_normal` gives the same bits as `ln` does with all its special cases, and
+/// [`fast_term`] those of [`term_with`].
 #[inline(always)]
 pub(crate) fn all_positive_normal<T: Float>(t: &[T]) -> bool {
     // A maximum over the run, so that it vectorises without branches or mask chains.
@@ -179,14 +192,6 @@ pub(crate) fn all_positive_normal<T: Float>(t: &[T]) -> bool {
         .iter()
         .fold(T::Bits::default(), |m, &v| m.max(v.normal_offset()));
     max < T::NORMAL_SPAN
-}
-
-/// `out[i] = ln(t[i])` for positive, normal, finite values (see [`all_positive_normal`]).
-#[inline(always)]
-fn ln_normal_slice<T: Float>(t: &[T], out: &mut [T]) {
-    for (o, &ti) in out.iter_mut().zip(t) {
-        *o = ti.ln_normal();
-    }
 }
 
 /// Writes `out[i] = term(x[i], t[i])`, rounded to `T`; the three slices have the same length.
@@ -221,20 +226,15 @@ impl<T: Float> Kernel for Transcendental<'_, T> {
     #[inline(always)]
     fn run(self) {
         if self.exp {
-            for (o, &ti) in self.out.iter_mut().zip(self.t) {
-                *o = ti.exp();
-            }
-        } else if all_positive_normal(self.t) {
-            ln_normal_slice(self.t, self.out);
+            map_slice(self.t, self.out, T::exp);
         } else {
-            for (o, &ti) in self.out.iter_mut().zip(self.t) {
-                *o = ti.ln();
-            }
+            ln_slice_or(self.t, self.out, T::ln);
         }
     }
 }
 
-/// [`transcendental_slice`] as a [`Kernel`]: `out[i] = transcendental(t[i])`.
+/// [`transcendental_slice`] as a [`Kernel`]: `out[i] = transcendental(t[i])`, and whether
+/// [`fast_term`] gives every term of these `t`.
 pub(crate) struct TargetFactor<'a, T> {
     pub t: &'a [T],
     pub out: &'a mut [T],
@@ -242,13 +242,13 @@ pub(crate) struct TargetFactor<'a, T> {
 }
 
 impl<T: Float> Kernel for TargetFactor<'_, T> {
-    type Output = ();
+    type Output = bool;
     #[inline(always)]
-    fn run(self) {
+    fn run(self) -> bool {
         if self.log_target {
-            transcendental_slice::<true, T>(self.t, self.out);
+            transcendental_slice::<true, T>(self.t, self.out)
         } else {
-            transcendental_slice::<false, T>(self.t, self.out);
+            transcendental_slice::<false, T>(self.t, self.out)
         }
     }
 }
