@@ -1,7 +1,12 @@
 """Thread scaling of kldiv on W1 (batchmean, float32, 1000 x 10000): medians of interleaved
-repeats with 1 and N threads, in one process.
+repeats with 1 and N threads, in one process; with PyTorch installed, the read floor
+(``x.sum() + t.sum()``, as in bench.py) with 1 and N threads too, interleaved with kldiv.
 
     python benches/scaling.py [--threads 2] [--repeats 15]
+
+The floor shows how far more threads can help at all: once kldiv with N threads runs at the
+N-thread floor, its speed-up over one thread is capped by memory, not by the kernel, at
+(kldiv's 1-thread time) / (the N-thread floor).
 """
 
 from __future__ import annotations
@@ -10,12 +15,22 @@ import argparse
 import os
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see bench.py
 
 import numpy as np  # noqa: E402
 
 import kldiv  # noqa: E402
+
+
+def _torch() -> Any | None:
+    try:
+        import torch
+    except Exception:  # not installed, or broken: no floor
+        return None
+    return torch
 
 
 def main() -> None:
@@ -28,20 +43,34 @@ def main() -> None:
     x = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     z = rng.standard_normal((1000, 10_000), dtype=np.float32)
     t = np.exp(z - np.log(np.exp(z).sum(axis=1, keepdims=True)))
-    times: dict[int, list[float]] = {1: [], a.threads: []}
+    torch = _torch()
+    fns: dict[str, Callable[[int], Any]] = {
+        "kldiv": lambda n: (kldiv.set_num_threads(n), kldiv.kl_div(x, t, reduction="batchmean")),
+    }
+    if torch is not None:
+        xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+        fns["floor"] = lambda n: (torch.set_num_threads(n), xt.sum() + tt.sum())
+    threads = [1, a.threads]
+    times: dict[tuple[str, int], list[float]] = {(f, n): [] for f in fns for n in threads}
     for _ in range(a.repeats):
-        for n in times:
-            kldiv.set_num_threads(n)
-            kldiv.kl_div(x, t, reduction="batchmean")  # warm
+        for name, n in times:
+            fns[name](n)  # warm, and sets the threads
             t0 = time.perf_counter()
-            kldiv.kl_div(x, t, reduction="batchmean")
-            times[n].append(time.perf_counter() - t0)
-    med = {n: statistics.median(v) / x.size * 1e9 for n, v in times.items()}
-    print(
-        f"W1 kldiv, medians of {a.repeats}: "
-        + ", ".join(f"{n} thread(s) {v:.3f} ns/element" for n, v in med.items())
-    )
-    print(f"speed-up with {a.threads} threads: {med[1] / med[a.threads]:.2f}x")
+            fns[name](n)
+            times[name, n].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) / x.size * 1e9 for k, v in times.items()}
+    for name in fns:
+        print(
+            f"W1 {name}, medians of {a.repeats}: "
+            + ", ".join(f"{n} thread(s) {med[name, n]:.3f} ns/element" for n in threads)
+        )
+    print(f"speed-up with {a.threads} threads: {med['kldiv', 1] / med['kldiv', a.threads]:.2f}x")
+    if torch is not None:
+        print(
+            f"at most {med['kldiv', 1] / med['floor', a.threads]:.2f}x with {a.threads} threads "
+            f"(kldiv's 1-thread time over the {a.threads}-thread floor); the floor itself "
+            f"speeds up {med['floor', 1] / med['floor', a.threads]:.2f}x"
+        )
 
 
 if __name__ == "__main__":
