@@ -173,19 +173,23 @@ fn map_slice<T: Float>(t: &[T], out: &mut [T], f: impl Fn(T) -> T) {
 /// positive, normal and finite (then returns true), else `general` (`ln` or `xlog_factor`).
 #[inline(always)]
 fn ln_slice_or<T: Float>(t: &[T], out: &mut [T], general: impl Fn(T) -> T) -> bool {
-    // The check rides along with `ln_normal` in one pass (one load of each value; a separate
-    // pass took 16% of the time of a sum of rows of 1000 on one core, in `perf`), and the run
-    // is done again with `general` if it fails.
     // A run that starts with a special value (zero-padded or one-hot targets) goes straight to
-    // `general`, so that such targets are not done twice.
+    // `general`. Otherwise, for `f32`, the check rides along with `ln_normal` in one pass (one
+    // load of each value; a separate pass took 16% of the time of a sum of rows of 1000 on one
+    // core, in `perf`), and the run is done again with `general` if it fails.
     let head = &t[..t.len().min(crate::reduce::LANES)];
     if all_positive_normal(head) {
-        let mut max = T::Bits::default();
-        for (o, &v) in out.iter_mut().zip(t) {
-            *o = v.ln_normal();
-            max = max.max(v.normal_offset());
-        }
-        if max < T::NORMAL_SPAN {
+        if T::CHECK_WITH_LN {
+            let mut max = T::Bits::default();
+            for (o, &v) in out.iter_mut().zip(t) {
+                *o = v.ln_normal();
+                max = max.max(v.normal_offset());
+            }
+            if max < T::NORMAL_SPAN {
+                return true;
+            }
+        } else if all_positive_normal(t) {
+            map_slice(t, out, T::ln_normal);
             return true;
         }
     }
@@ -312,24 +316,30 @@ mod tests {
 
     #[test]
     fn runs_of_normal_values_take_a_shortcut_to_the_same_bits() {
-        let normal: Vec<f32> = (1..=100).map(|i| i as f32 / 101.0).collect();
-        let mut fast = vec![0.0f32; normal.len()];
-        // All positive and normal: the shortcut.
-        assert!(transcendental_slice::<false, f32>(&normal, &mut fast));
-        // A special value among the run's first 16 (general at once) or later (the shortcut's
-        // pass is done again): either way the whole run goes the general way.
-        for (at, special) in [(3, 1e-40f32), (50, 1e-40), (50, 0.0), (99, -0.0), (15, 0.0)] {
-            let mut t = normal.clone();
-            t[at] = special;
-            let mut general = vec![0.0f32; t.len()];
-            assert!(!transcendental_slice::<false, f32>(&t, &mut general));
-            for i in (0..t.len()).filter(|&i| i != at) {
-                assert_eq!(fast[i].to_bits(), general[i].to_bits());
-                assert_eq!(fast[i].to_bits(), crate::math::ln_f32(t[i]).to_bits());
+        fn check<T: Float>(subnormal: T) {
+            let normal: Vec<T> = (1..=100).map(|i| T::from_f64(i as f64 / 101.0)).collect();
+            let mut fast = vec![T::default(); normal.len()];
+            // All positive and normal: the shortcut.
+            assert!(transcendental_slice::<false, T>(&normal, &mut fast));
+            // A special value among the run's first 16 (general at once) or later (for f32
+            // the shortcut's pass is done again): either way the whole run goes the general
+            // way.
+            let (zero, neg_zero) = (T::from_f64(0.0), T::from_f64(-0.0));
+            for (at, special) in [(3, subnormal), (50, subnormal), (50, zero), (99, neg_zero)] {
+                let mut t = normal.clone();
+                t[at] = special;
+                let mut general = vec![T::default(); t.len()];
+                assert!(!transcendental_slice::<false, T>(&t, &mut general));
+                for i in (0..t.len()).filter(|&i| i != at) {
+                    assert_eq!(fast[i].to_f64().to_bits(), general[i].to_f64().to_bits());
+                    assert_eq!(fast[i].to_f64().to_bits(), t[i].ln().to_f64().to_bits());
+                }
+                let want = special.xlog_factor().to_f64();
+                assert_eq!(general[at].to_f64().to_bits(), want.to_bits(), "{at}");
             }
-            let want = crate::math::xlog_factor_f32(special);
-            assert_eq!(general[at].to_bits(), want.to_bits(), "{special:e} at {at}");
         }
+        check::<f32>(1e-40);
+        check::<f64>(1e-310);
         fn ln_normal<T: Float>(v: T) -> T {
             v.ln_normal()
         }
