@@ -1,8 +1,9 @@
 """Thread scaling of kldiv on W1 (batchmean, float32, 1000 x 10000): medians of interleaved
 repeats with 1 and N threads, in one process; with PyTorch installed, the read floor
 (``x.sum() + t.sum()``, as in bench.py) with 1 and N threads too, interleaved with kldiv.
+``--cols 1000`` gives W3's shape (1000 x 1000, in cache).
 
-    python benches/scaling.py [--threads 2] [--repeats 15]
+    python benches/scaling.py [--threads 2] [--repeats 15] [--cols 10000]
 
 The floor shows how far more threads can help at all: once kldiv with N threads runs at the
 N-thread floor, its speed-up over one thread is capped by memory, not by the kernel, at
@@ -37,11 +38,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--cols", type=int, default=10_000, help="1000 x cols float32 (10000: W1)")
     a = ap.parse_args()
     rng = np.random.default_rng(0)
-    z = rng.standard_normal((1000, 10_000), dtype=np.float32)
+    z = rng.standard_normal((1000, a.cols), dtype=np.float32)
     x = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    z = rng.standard_normal((1000, 10_000), dtype=np.float32)
+    z = rng.standard_normal((1000, a.cols), dtype=np.float32)
     t = np.exp(z - np.log(np.exp(z).sum(axis=1, keepdims=True)))
     torch = _torch()
     fns: dict[str, Callable[[int], Any]] = {
@@ -61,7 +63,7 @@ def main() -> None:
     med = {k: statistics.median(v) / x.size * 1e9 for k, v in times.items()}
     for name in fns:
         print(
-            f"W1 {name}, medians of {a.repeats}: "
+            f"1000 x {a.cols} {name}, medians of {a.repeats}: "
             + ", ".join(f"{n} thread(s) {med[name, n]:.3f} ns/element" for n in threads)
         )
     print(f"speed-up with {a.threads} threads: {med['kldiv', 1] / med['kldiv', a.threads]:.2f}x")
