@@ -14,13 +14,26 @@ use std::marker::PhantomData;
 use crate::error::Error;
 use crate::parallel::Blocks;
 
-/// Elements per stack tile for strided runs, and the longest run of any walk. Each run pays
+/// Elements per stack tile: room for the longest run of any element type (see [`run_len`]).
+pub(crate) const TILE: usize = 1024;
+
+/// The longest run of `T`s a walk hands out: 4 KiB, so 1024 `f32` or 512 `f64`. Each run pays
 /// once for filling and draining its `ln` and summing loops: on one core, rows of 256 f32
 /// elements took 0.51 ns/element, of 512 0.40. Interleaved runs of a throwaway example (one
-/// thread, medians of the minima of 15): runs of 512 -> 1024, rows of 1000 0.41 -> 0.38 and
-/// rows of 10,000 0.42 -> 0.40 ns/element; runs of 2048: rows of 10,000 0.48 (tile, `x` and
-/// `t` no longer fit in L1 together).
-pub(crate) const TILE: usize = 1024;
+/// thread, medians of the minima of 15): f32 runs of 512 -> 1024, rows of 1000 0.41 -> 0.38
+/// and rows of 10,000 0.42 -> 0.40 ns/element; runs of 2048, rows of 10,000 0.48 (tile, `x`
+/// and `t` no longer fit in L1 together), and likewise f64 runs of 1024 (W2 on one thread,
+/// alternating processes: 1.18 -> 1.40 ns/element).
+pub(crate) const fn run_len<T>() -> usize {
+    let len = 4096 / std::mem::size_of::<T>();
+    if len < 1 {
+        1
+    } else if len > TILE {
+        TILE
+    } else {
+        len
+    }
+}
 
 /// A tile of scratch space, made once per thread and call (see
 /// [`crate::parallel::for_each_task`]), not once per block.
@@ -149,8 +162,9 @@ impl<const K: usize> Walk<K> {
     }
 
     /// Calls `f` on the runs covering logical indices `start..end`, in order; a run never
-    /// crosses the end of the last axis and holds at most [`TILE`] elements.
-    pub(crate) fn runs(&self, start: usize, end: usize, mut f: impl FnMut(Run<K>)) {
+    /// crosses the end of the last axis and holds at most `max` elements (at most [`TILE`]).
+    pub(crate) fn runs(&self, start: usize, end: usize, max: usize, mut f: impl FnMut(Run<K>)) {
+        debug_assert!((1..=TILE).contains(&max));
         debug_assert!(start <= end && end <= self.blocks.len());
         if start == end {
             return;
@@ -178,7 +192,7 @@ impl<const K: usize> Walk<K> {
         let inner = self.strides[last];
         let mut pos = start;
         while pos < end {
-            let len = (self.shape[last] - idx[last]).min(end - pos).min(TILE);
+            let len = (self.shape[last] - idx[last]).min(end - pos).min(max);
             f(Run {
                 first: pos,
                 len,
@@ -422,7 +436,7 @@ fn for_runs_with_tiles<
     let strides = walk.inner_strides();
     let mut src_tiles = [[T::default(); N]; R];
     let mut dst_tiles = [[T::default(); N]; W];
-    walk.runs(lo, hi, |r| {
+    walk.runs(lo, hi, run_len::<T>(), |r| {
         let mut ins = src_tiles
             .iter_mut()
             .zip(srcs)
@@ -470,16 +484,23 @@ mod tests {
         // Fortran-ordered 3x4: no merge; runs of 4 with stride 3.
         let w = Walk::<1>::new(&[3, 4], [&[1, 3]]).unwrap();
         let mut seen = Vec::new();
-        w.runs(2, 11, |r| seen.push((r.first, r.len, r.offsets[0])));
+        w.runs(2, 11, TILE, |r| seen.push((r.first, r.len, r.offsets[0])));
         assert_eq!(seen, vec![(2, 2, 6), (4, 4, 1), (8, 3, 2)]);
         // A long contiguous axis is cut into tiles.
         let w = Walk::<1>::new(&[2 * TILE + 1], [&[1]]).unwrap();
         let mut lens = Vec::new();
-        w.runs(0, w.blocks().len(), |r| lens.push((r.len, r.offsets[0])));
+        w.runs(0, w.blocks().len(), TILE, |r| {
+            lens.push((r.len, r.offsets[0]))
+        });
         assert_eq!(
             lens,
             vec![(TILE, 0), (TILE, TILE as isize), (1, 2 * TILE as isize)]
         );
+        // Runs of 4 KiB whatever the element type.
+        assert_eq!((run_len::<f32>(), run_len::<f64>()), (1024, 512));
+        let mut lens = Vec::new();
+        w.runs(0, 1100, run_len::<f64>(), |r| lens.push(r.len));
+        assert_eq!(lens, vec![512, 512, 76]);
     }
 
     #[test]
@@ -488,7 +509,7 @@ mod tests {
         assert_eq!(w.blocks().len(), 1);
         let w = Walk::<2>::new(&[3, 0], [&[0, 1], &[0, 1]]).unwrap();
         assert_eq!(w.blocks().len(), 0);
-        w.runs(0, 0, |_| panic!("no runs in an empty walk"));
+        w.runs(0, 0, TILE, |_| panic!("no runs in an empty walk"));
     }
 
     #[test]
