@@ -24,6 +24,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see bench.py
 import numpy as np  # noqa: E402
 
 import kldiv  # noqa: E402
+from kldiv._bench import _spin  # noqa: E402
 
 
 def _torch() -> Any | None:
@@ -53,13 +54,19 @@ def main() -> None:
         xt, tt = torch.from_numpy(x), torch.from_numpy(t)
         fns["floor"] = lambda n: (torch.set_num_threads(n), xt.sum() + tt.sum())
     threads = [1, a.threads]
+    # As bench.py does for W3: several calls per timed repeat for small arrays (10 for 1e6
+    # elements), so that the wake-up of idle threads after each switch is not all that is
+    # timed.
+    calls = max(1, 10_000_000 // x.size)
     times: dict[tuple[str, int], list[float]] = {(f, n): [] for f in fns for n in threads}
     for _ in range(a.repeats):
         for name, n in times:
             fns[name](n)  # warm, and sets the threads
+            _spin(20.0)  # PyTorch's OpenMP threads spin after a call: let them sleep (bench.py)
             t0 = time.perf_counter()
-            fns[name](n)
-            times[name, n].append(time.perf_counter() - t0)
+            for _ in range(calls):
+                fns[name](n)
+            times[name, n].append((time.perf_counter() - t0) / calls)
     med = {k: statistics.median(v) / x.size * 1e9 for k, v in times.items()}
     for name in fns:
         print(
