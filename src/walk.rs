@@ -24,15 +24,8 @@ pub(crate) const TILE: usize = 1024;
 /// and rows of 10,000 0.42 -> 0.40 ns/element; runs of 2048, rows of 10,000 0.48 (tile, `x`
 /// and `t` no longer fit in L1 together), and likewise f64 runs of 1024 (W2 on one thread,
 /// alternating processes: 1.18 -> 1.40 ns/element).
-pub(crate) const fn run_len<T>() -> usize {
-    let len = 4096 / std::mem::size_of::<T>();
-    if len < 1 {
-        1
-    } else if len > TILE {
-        TILE
-    } else {
-        len
-    }
+pub(crate) fn run_len<T>() -> usize {
+    (4096 / std::mem::size_of::<T>().max(1)).clamp(1, TILE)
 }
 
 /// A tile of scratch space, made once per thread and call (see
