@@ -315,7 +315,7 @@ fn check_output(shape: &[usize], actual: &[usize]) -> Result<(), Error> {
 #[inline(always)]
 fn backward_slice<const LOG_TARGET: bool, T: Float>(k: Backward<'_, T>) {
     // The transcendentals first, in place in `gt` (T's full SIMD width), then the rest.
-    transcendental_slice::<LOG_TARGET, T>(k.t, k.gt);
+    transcendental_slice::<LOG_TARGET, T>(k.t, k.gt, &[k.x, k.t, k.g]);
     let it =
         k.x.iter()
             .zip(k.t)
@@ -354,7 +354,7 @@ impl<T: Float> Kernel for Backward<'_, T> {
 #[inline(always)]
 fn fused_sum_slice<const LOG_TARGET: bool, T: Float>(k: FusedSum<'_, T>) {
     let tr = &mut k.tr[..k.x.len()];
-    let fast = transcendental_slice::<LOG_TARGET, T>(k.t, tr);
+    let fast = transcendental_slice::<LOG_TARGET, T>(k.t, tr, &[k.x, k.t]);
     sum_terms::<LOG_TARGET, true, T>(k.acc, k.first, k.x, k.t, tr, fast, k.g, k.gx);
 }
 
@@ -384,7 +384,7 @@ impl<T: Float> Kernel for FusedSum<'_, T> {
 
 #[inline(always)]
 fn terms_and_grad_slice<const LOG_TARGET: bool, T: Float>(k: TermsAndGrad<'_, T>) {
-    if transcendental_slice::<LOG_TARGET, T>(k.t, k.gx) {
+    if transcendental_slice::<LOG_TARGET, T>(k.t, k.gx, &[k.x, k.t]) {
         terms_and_grad_given::<LOG_TARGET, T>(k, fast_term::<LOG_TARGET, T>)
     } else {
         terms_and_grad_given::<LOG_TARGET, T>(k, term_with::<LOG_TARGET, T>)

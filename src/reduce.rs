@@ -29,7 +29,7 @@ pub(crate) fn sum_slice<const LOG_TARGET: bool, T: Float>(
 ) {
     debug_assert!(x.len() == t.len() && x.len() <= TILE);
     let tr = &mut tr[..x.len()];
-    let fast = transcendental_slice::<LOG_TARGET, T>(t, tr);
+    let fast = transcendental_slice::<LOG_TARGET, T>(t, tr, &[x, t]);
     sum_terms::<LOG_TARGET, false, T>(acc, first, x, t, tr, fast, 0.0, &mut []);
 }
 
@@ -149,7 +149,7 @@ pub(crate) fn column_sum<const LOG_TARGET: bool, T: Float>(
     t: &[T],
 ) {
     let tr = &mut tr[..x.len()];
-    if transcendental_slice::<LOG_TARGET, T>(t, tr) {
+    if transcendental_slice::<LOG_TARGET, T>(t, tr, &[]) {
         column_sum_by(acc, x, t, tr, add_fast_term::<LOG_TARGET, T>)
     } else {
         column_sum_by(acc, x, t, tr, add_term::<LOG_TARGET, T>)
@@ -274,7 +274,7 @@ mod tests {
             .map(|i| next() * 10f32.powi(-((i % 38) as i32)) + 1e-37)
             .collect();
         let mut tr = vec![0.0f32; n];
-        assert!(transcendental_slice::<false, f32>(&t, &mut tr));
+        assert!(transcendental_slice::<false, f32>(&t, &mut tr, &[]));
         for first in [0, 5] {
             let (mut fast, mut general) = ([0.0; LANES], [0.0; LANES]);
             sum_terms::<false, false, f32>(&mut fast, first, &x, &t, &tr, true, 0.0, &mut []);
@@ -287,7 +287,7 @@ mod tests {
         lt[9] = f32::INFINITY;
         lt[17] = f32::NAN;
         lt[20] = 80.0;
-        assert!(transcendental_slice::<true, f32>(&lt, &mut tr));
+        assert!(transcendental_slice::<true, f32>(&lt, &mut tr, &[]));
         let (mut fast, mut general) = ([0.0; LANES], [0.0; LANES]);
         sum_terms::<true, false, f32>(&mut fast, 3, &x, &lt, &tr, true, 0.0, &mut []);
         sum_terms::<true, false, f32>(&mut general, 3, &x, &lt, &tr, false, 0.0, &mut []);

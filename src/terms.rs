@@ -19,6 +19,7 @@
 
 use crate::float::Float;
 use crate::simd::Kernel;
+use crate::walk::prefetch_ahead;
 
 /// One unreduced term `t * (log t - x)`, written as PyTorch writes it (see the module docs),
 /// in `f64`. `LOG_TARGET` selects the `log_target=True` form `exp(t) * (t - x)`.
@@ -148,31 +149,70 @@ pub(crate) fn grad_target_with<const LOG_TARGET: bool, T: Float>(g: f64, x: T, t
 /// The transcendental of every element of `t` (see [`transcendental`]), into `out`. Returns
 /// whether [`fast_term`] is every element's [`term_with`]: always with `LOG_TARGET`, else when
 /// every `t` is positive, normal and finite.
+///
+/// `streams` are the slices of this run that lie in memory and go on beyond it (the memory
+/// behind the run's `x` and `t`, not tiles): while the transcendentals are computed, the lines
+/// [`crate::walk::AHEAD`] bytes further on in each are asked for (see [`prefetch_ahead`]).
 #[inline(always)]
 pub(crate) fn transcendental_slice<const LOG_TARGET: bool, T: Float>(
     t: &[T],
     out: &mut [T],
+    streams: &[&[T]],
 ) -> bool {
+    let ahead = |i: usize| streams.iter().for_each(|s| prefetch_ahead(s, i));
     if LOG_TARGET {
-        map_slice(t, out, T::exp);
+        map_slice(t, out, T::exp, ahead);
         true
     } else {
-        ln_slice_or(t, out, T::xlog_factor)
+        ln_slice_or(t, out, T::xlog_factor, ahead)
     }
 }
 
-/// `out[i] = f(t[i])`.
+/// Cuts `0..n` into pieces of [`PIECE`] bytes of `T`s and calls `each` on each piece, after
+/// `ahead(i)` for the first element `i` of each of its cache lines.
 #[inline(always)]
-fn map_slice<T: Float>(t: &[T], out: &mut [T], f: impl Fn(T) -> T) {
-    for (o, &ti) in out.iter_mut().zip(t) {
-        *o = f(ti);
+fn by_pieces<T>(n: usize, ahead: impl Fn(usize), mut each: impl FnMut(std::ops::Range<usize>)) {
+    let line = 64 / std::mem::size_of::<T>();
+    let piece = PIECE / std::mem::size_of::<T>();
+    let mut start = 0;
+    while start < n {
+        let end = (start + piece).min(n);
+        let mut i = start;
+        while i < end {
+            ahead(i);
+            i += line;
+        }
+        each(start..end);
+        start = end;
     }
+}
+
+/// The bytes of `T`s that [`by_pieces`] hands out at a time: a loop over 512 bytes of values
+/// after the prefetches of its 8 lines. Sums of 1000 x 10000 f32 (f64), one thread, medians of
+/// a throwaway example taking turns: pieces of 256 bytes 1.03 (3.74) ns/element, 512 1.06
+/// (3.72), 1024 1.18 (3.80).
+const PIECE: usize = 512;
+
+/// `out[i] = f(t[i])`, calling `ahead(i)` at every cache line (see [`by_pieces`]).
+#[inline(always)]
+fn map_slice<T: Float>(t: &[T], out: &mut [T], f: impl Fn(T) -> T, ahead: impl Fn(usize)) {
+    by_pieces::<T>(t.len(), ahead, |r| {
+        for (o, &ti) in out[r.clone()].iter_mut().zip(&t[r]) {
+            *o = f(ti);
+        }
+    })
 }
 
 /// `ln` of a run: without the special-value and subnormal handling when every value is
 /// positive, normal and finite (then returns true), else `general` (`ln` or `xlog_factor`).
+/// Calls `ahead(i)` at every cache line of the first pass (see [`by_pieces`]).
 #[inline(always)]
-fn ln_slice_or<T: Float>(t: &[T], out: &mut [T], general: impl Fn(T) -> T) -> bool {
+fn ln_slice_or<T: Float>(
+    t: &[T],
+    out: &mut [T],
+    general: impl Fn(T) -> T,
+    ahead: impl Fn(usize),
+) -> bool {
     // A run whose first value is special (zero-padded or one-hot targets, mostly) goes straight
     // to `general` (judged by that one value: checking the first 16 cost W8's runs of 64 about
     // 3%). Otherwise, for `f32`, the check rides along with `ln_normal` in one pass (one load
@@ -181,19 +221,21 @@ fn ln_slice_or<T: Float>(t: &[T], out: &mut [T], general: impl Fn(T) -> T) -> bo
     if t.first().is_none_or(|v| v.normal_offset() < T::NORMAL_SPAN) {
         if T::CHECK_WITH_LN {
             let mut max = T::Bits::default();
-            for (o, &v) in out.iter_mut().zip(t) {
-                *o = v.ln_normal();
-                max = max.max(v.normal_offset());
-            }
+            by_pieces::<T>(t.len(), ahead, |r| {
+                for (o, &v) in out[r.clone()].iter_mut().zip(&t[r]) {
+                    *o = v.ln_normal();
+                    max = max.max(v.normal_offset());
+                }
+            });
             if max < T::NORMAL_SPAN {
                 return true;
             }
         } else if all_positive_normal(t) {
-            map_slice(t, out, T::ln_normal);
+            map_slice(t, out, T::ln_normal, ahead);
             return true;
         }
     }
-    map_slice(t, out, general);
+    map_slice(t, out, general, |_| {});
     false
 }
 
@@ -214,7 +256,7 @@ pub(crate) fn all_positive_normal<T: Float>(t: &[T]) -> bool {
 pub(crate) fn terms_slice<const LOG_TARGET: bool, T: Float>(x: &[T], t: &[T], out: &mut [T]) {
     debug_assert!(x.len() == t.len() && t.len() == out.len());
     // The transcendental first, in place in `out` (T's full SIMD width), then the rest.
-    if transcendental_slice::<LOG_TARGET, T>(t, out) {
+    if transcendental_slice::<LOG_TARGET, T>(t, out, &[x, t]) {
         terms_given(x, t, out, fast_term::<LOG_TARGET, T>)
     } else {
         terms_given(x, t, out, term_with::<LOG_TARGET, T>)
@@ -241,9 +283,9 @@ impl<T: Float> Kernel for Transcendental<'_, T> {
     #[inline(always)]
     fn run(self) {
         if self.exp {
-            map_slice(self.t, self.out, T::exp);
+            map_slice(self.t, self.out, T::exp, |_| {});
         } else {
-            ln_slice_or(self.t, self.out, T::ln);
+            ln_slice_or(self.t, self.out, T::ln, |_| {});
         }
     }
 }
@@ -261,9 +303,9 @@ impl<T: Float> Kernel for TargetFactor<'_, T> {
     #[inline(always)]
     fn run(self) -> bool {
         if self.log_target {
-            transcendental_slice::<true, T>(self.t, self.out)
+            transcendental_slice::<true, T>(self.t, self.out, &[])
         } else {
-            transcendental_slice::<false, T>(self.t, self.out)
+            transcendental_slice::<false, T>(self.t, self.out, &[])
         }
     }
 }
@@ -320,7 +362,7 @@ mod tests {
             let normal: Vec<T> = (1..=100).map(|i| T::from_f64(i as f64 / 101.0)).collect();
             let mut fast = vec![T::default(); normal.len()];
             // All positive and normal: the shortcut.
-            assert!(transcendental_slice::<false, T>(&normal, &mut fast));
+            assert!(transcendental_slice::<false, T>(&normal, &mut fast, &[]));
             // A special value first (general at once) or later (for f32 the shortcut's pass
             // is done again): either way the whole run goes the general way.
             let (zero, neg_zero) = (T::from_f64(0.0), T::from_f64(-0.0));
@@ -328,7 +370,7 @@ mod tests {
                 let mut t = normal.clone();
                 t[at] = special;
                 let mut general = vec![T::default(); t.len()];
-                assert!(!transcendental_slice::<false, T>(&t, &mut general));
+                assert!(!transcendental_slice::<false, T>(&t, &mut general, &[]));
                 for i in (0..t.len()).filter(|&i| i != at) {
                     assert_eq!(fast[i].to_f64().to_bits(), general[i].to_f64().to_bits());
                     assert_eq!(fast[i].to_f64().to_bits(), t[i].ln().to_f64().to_bits());

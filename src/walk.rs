@@ -314,6 +314,23 @@ pub(crate) enum Cache {
     L2,
 }
 
+/// How far ahead of the value being computed the fused kernels ask for the memory they stream
+/// through (see [`prefetch_ahead`]). Without it the hardware prefetchers let the two streams
+/// fall behind while the `ln` of a run is computed, and each run waited for memory. Sums of
+/// 1000 x 10000 values, medians of a throwaway example taking turns on an AVX2 machine (AMD
+/// EPYC, Zen 3): f32 on 2 threads 0.73 -> 0.54 ns/element, one thread 1.33 -> 1.01; f64 on 2
+/// threads 2.39 -> 1.84, one thread 4.48 -> 3.58 (1000 x 1000 f32, in cache: no change). 1024
+/// and 4096 bytes ahead did no better, in L2 (`prefetcht1`) no better.
+pub(crate) const AHEAD: usize = 3072;
+
+/// Asks for the cache line [`AHEAD`] bytes after element `i` of `s`, into L1. Only a hint: the
+/// address may lie beyond `s` (or its array), where it costs a wasted fetch at worst.
+#[inline(always)]
+pub(crate) fn prefetch_ahead<T>(s: &[T], i: usize) {
+    let step = AHEAD / std::mem::size_of::<T>().max(1);
+    prefetch(s.as_ptr().wrapping_add(i + step), Cache::L1)
+}
+
 /// Asks the CPU to bring the cache line at `p` into `cache` (no effect on other targets).
 #[inline(always)]
 fn prefetch<T>(p: *const T, cache: Cache) {
