@@ -318,9 +318,10 @@ pub(crate) enum Cache {
 /// through (see [`prefetch_ahead`]). Without it the hardware prefetchers let the two streams
 /// fall behind while the `ln` of a run is computed, and each run waited for memory. Sums of
 /// 1000 x 10000 values, medians of a throwaway example taking turns on an AVX2 machine (AMD
-/// EPYC, Zen 3): f32 on 2 threads 0.73 -> 0.54 ns/element, one thread 1.33 -> 1.01; f64 on 2
-/// threads 2.39 -> 1.84, one thread 4.48 -> 3.58 (1000 x 1000 f32, in cache: no change). 1024
-/// and 4096 bytes ahead did no better, in L2 (`prefetcht1`) no better.
+/// EPYC, Zen 3), 2 KiB ahead against none: f32 on 2 threads 0.73 -> 0.54 ns/element, one
+/// thread 1.33 -> 1.01; f64 on 2 threads 2.39 -> 1.84, one thread 4.48 -> 3.58 (1000 x 1000
+/// f32, in cache: no change). 1 KiB, 3 KiB and 4 KiB ahead, and into L2 (`prefetcht1`), were
+/// within the noise of 2 KiB; 3 KiB kept (the best medians of one turn-taking run).
 pub(crate) const AHEAD: usize = 3072;
 
 /// Asks for the cache line [`AHEAD`] bytes after element `i` of `s`, into L1. Only a hint: the
