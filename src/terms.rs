@@ -150,9 +150,12 @@ pub(crate) fn grad_target_with<const LOG_TARGET: bool, T: Float>(g: f64, x: T, t
 /// whether [`fast_term`] is every element's [`term_with`]: always with `LOG_TARGET`, else when
 /// every `t` is positive, normal and finite.
 ///
-/// `streams` are the slices of this run that lie in memory and go on beyond it (the memory
-/// behind the run's `x` and `t`, not tiles): while the transcendentals are computed, the lines
-/// [`crate::walk::AHEAD`] bytes further on in each are asked for (see [`prefetch_ahead`]).
+/// `streams` are the slices of this run whose memory goes on beyond it (the run's `x` and `t`
+/// as the walk hands them out): while the transcendentals are computed, the lines
+/// [`crate::walk::AHEAD`] bytes further on in each are asked for (see [`prefetch_ahead`]). When
+/// a slice is a tile (a strided or broadcast operand), those prefetches fetch nothing useful
+/// and cost only their instructions; the transposed path, which prefetches its own columns,
+/// passes none.
 #[inline(always)]
 pub(crate) fn transcendental_slice<const LOG_TARGET: bool, T: Float>(
     t: &[T],
