@@ -1,15 +1,19 @@
 //! The public kernels: the loss reduced (sum, mean, batchmean) or unreduced, over `ndarray`
 //! views of any dimension and strides.
 
+use std::ops::Range;
+
 use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
 use crate::error::Error;
 use crate::float::Float;
 use crate::parallel::{for_each_block, tree_sum, tree_sum_by, Blocks, BLOCK};
-use crate::reduce::{fold_lanes, ColumnSum, Sum, SumGiven, LANES};
-use crate::simd::dispatch;
+use crate::reduce::{column_sum, fold_lanes, Sum, SumGiven, LANES};
+use crate::simd::{dispatch, Kernel};
 use crate::terms::{TargetFactor, Terms};
-use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Cache, Dst, Src, Tile, Walk};
+use crate::walk::{
+    broadcast_shape, broadcast_strides, for_runs, Cache, Dst, Src, Tile, Walk, TILE,
+};
 
 /// How the loss terms are reduced to one number (PyTorch's `reduction` argument, less `"none"`,
 /// which is [`kl_div_terms`]).
@@ -287,24 +291,32 @@ fn sum_walk<T: Float>(walk: &Walk<2>, x: Src<'_, T>, t: Src<'_, T>, log_target: 
     })
 }
 
-/// The most rows read together by [`sum_transposed`] (at most `TILE`), and how many columns
-/// ahead it prefetches. Measured on 1000 x 10000 Fortran-order f32 (1 and 2 threads): groups
-/// of 64 rows (256 bytes per column and array, accumulators in 8 KiB) ran at 0.46 ns/element
-/// with 2 threads, 128 rows at 0.64-1.05, 32 rows at 0.52; groups that are not a multiple of
-/// 16 rows (a cache line of f32) share lines with their neighbours and ran 2x slower.
-/// Prefetches, same data, interleaved in one process (2 threads, W8's time over W1's): into L1
-/// only, 8 columns ahead, 1.59-2.02x (none: 2x; 32 ahead: worse than 8); into L2 only, 8
-/// ahead, 1.54-1.56x; into L2 8 ahead and L1 2-4 ahead, 1.28-1.50x (3 and 8: 1.35-1.42x). One
-/// thread: 0.80 -> 0.69 ns/element. In cache (1000 x 1000) the extra prefetches cost ~10%.
-const GROUP: usize = 64;
-const PREFETCH_L1: usize = 3;
-const PREFETCH_L2: usize = 8;
+/// The bytes of a column that one group of rows of [`sum_transposed`] reads at a time (128
+/// rows of f32, 64 of f64: accumulators in 16 KiB or 8 KiB), and how many bytes of columns
+/// ahead it asks for, into L2. Measured on an AVX-512 machine (AMD EPYC, Zen 5), 1000 x 10000
+/// Fortran-order, 2 threads, W8's time over W1's, medians of a throwaway example taking turns:
+/// f32 groups of 64 rows 1.86x, 128 rows 1.12-1.28x, 256 rows 1.42-1.52x; f64 groups of 64
+/// rows 0.92-1.08x, 128 rows 1.08-1.20x, 256 rows 1.8x; one thread, f32: 2.24x, 1.41-1.54x,
+/// 1.66-1.88x. Prefetching 4 KiB ahead against 2 KiB: f32 one thread 1.45x against 1.61x
+/// (8 KiB: as 4); into L1 as well, or L1 alone: no better.
+const GROUP_BYTES: usize = 512;
+const PREFETCH_BYTES: usize = 4096;
 
-/// [`sum_walk`] for a transposed walk: a group of [`GROUP`] rows is read column by column (each
-/// column contiguous in memory) over one block of columns, and the terms of a column are added
-/// to lane `column % LANES` of each row's accumulators. Every lane of every block still sees
-/// its elements in logical order, and the lanes are folded in canonical order at the block's
-/// end, so every block has the same bits as on the row-by-row path.
+/// The rows of each group of [`sum_transposed`] (the last may have fewer): at most
+/// [`GROUP_BYTES`] of `T`, the rows split evenly between the groups, rounded up to a multiple
+/// of 16 rows (a cache line of f32, so that groups share no lines when a column starts on
+/// one). 300 rows of f32: 112, 112 and 76 (1.44x W1's time), not 128, 128 and 44 (1.54x).
+fn group_rows<T>(rows: usize) -> usize {
+    let most = GROUP_BYTES / std::mem::size_of::<T>();
+    let groups = rows.div_ceil(most).max(1);
+    rows.div_ceil(groups).next_multiple_of(16).min(most)
+}
+
+/// [`sum_walk`] for a transposed walk: a group of rows (see [`group_rows`]) is read column by
+/// column (each column contiguous in memory) over one block of columns, and the terms of a
+/// column are added to lane `column % LANES` of each row's accumulators. Every lane of every
+/// block still sees its elements in logical order, and the lanes are folded in canonical order
+/// at the block's end, so every block has the same bits as on the row-by-row path.
 fn sum_transposed<T: Float>(
     blocks: &Blocks,
     rows: usize,
@@ -313,51 +325,104 @@ fn sum_transposed<T: Float>(
     log_target: bool,
 ) -> f64 {
     let row = blocks.row();
-    // One task per group of rows and block of columns: finer than whole groups (16 tasks for
-    // 1000 rows), so that two threads finish together (W8 0.45 -> 0.43 ns/element).
+    let group = group_rows::<T>(rows);
+    // One task per group of rows and block of columns: finer than whole groups, so that two
+    // threads finish together.
     let per_row = row.div_ceil(BLOCK);
-    let tasks = rows.div_ceil(GROUP) * per_row;
+    let tasks = rows.div_ceil(group) * per_row;
     // Each thread's three tiles (x, t, ln t), made once per call, not once per task.
     type Tiles<T> = (Tile<T>, Tile<T>, Tile<T>);
     tree_sum_by(blocks, tasks, |task, (tx, tt, tr): &mut Tiles<T>, store| {
         let (g, j) = (task / per_row, task % per_row);
-        let (r0, nr) = (g * GROUP, GROUP.min(rows - g * GROUP));
+        let (r0, nr) = (g * group, group.min(rows - g * group));
         let (c0, c1) = (j * BLOCK, ((j + 1) * BLOCK).min(row));
-        // acc[k][r]: the lane of row r0 + r that columns c with c % LANES == k add to.
-        let mut acc = [[0.0; GROUP]; LANES];
-        for c in c0..c1 {
-            let at = |k: usize, c: usize| r0 as isize * row_steps[k] + c as isize * col_steps[k];
-            // Each column starts on a new page, beyond the hardware prefetchers: ask ahead,
-            // into L2 far enough to hide memory, into L1 near enough not to evict.
-            for (ahead, cache) in [(PREFETCH_L2, Cache::L2), (PREFETCH_L1, Cache::L1)] {
-                if c + ahead < c1 {
-                    x.prefetch(at(0, c + ahead), row_steps[0], nr, cache);
-                    t.prefetch(at(1, c + ahead), row_steps[1], nr, cache);
-                }
-            }
-            let (at0, at1) = (at(0, c), at(1, c));
-            let x = x.run(at0, row_steps[0], nr, &mut tx.0);
-            let t = t.run(at1, row_steps[1], nr, &mut tt.0);
-            let acc_k = &mut acc[c % LANES][..nr];
-            dispatch(ColumnSum {
-                tr: &mut tr.0,
-                acc: acc_k,
-                x,
-                t,
-                log_target,
-            });
-        }
+        // acc[k * nr + r]: the lane of row r0 + r that columns c with c % LANES == k add to.
+        let mut acc = [0.0; LANES * GROUP_BYTES / std::mem::size_of::<f32>()];
+        let acc = &mut acc[..LANES * nr];
+        // The whole loop over the columns in one dispatched call (not one call per column):
+        // the SIMD constants are set up once per task.
+        dispatch(Columns {
+            x,
+            t,
+            tiles: (&mut tx.0, &mut tt.0, &mut tr.0),
+            acc,
+            rows: r0..r0 + nr,
+            cols: c0..c1,
+            row_steps,
+            col_steps,
+            log_target,
+        });
         for r in 0..nr {
             // Element (r, c) has logical index (r0 + r) * row + c: its lane is that mod LANES,
             // i.e. column lane k shifted by the row's start.
             let shift = (r0 + r) * row % LANES;
             let mut lanes = [0.0; LANES];
-            for (k, acc_k) in acc.iter().enumerate() {
+            for (k, acc_k) in acc.chunks_exact(nr).enumerate() {
                 lanes[(shift + k) % LANES] = acc_k[r];
             }
             store(blocks.index(r0 + r, j), fold_lanes(&lanes));
         }
     })
+}
+
+/// The columns `cols` of the rows `rows` of a transposed walk, as a [`Kernel`]: the loop of
+/// [`sum_transposed`]'s tasks.
+struct Columns<'a, 'b, T> {
+    x: Src<'a, T>,
+    t: Src<'a, T>,
+    tiles: (&'b mut [T; TILE], &'b mut [T; TILE], &'b mut [T; TILE]),
+    /// `rows.len()` accumulators for each lane, lane after lane.
+    acc: &'b mut [f64],
+    rows: Range<usize>,
+    cols: Range<usize>,
+    row_steps: [isize; 2],
+    col_steps: [isize; 2],
+    log_target: bool,
+}
+
+impl<T: Float> Kernel for Columns<'_, '_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        if self.log_target {
+            self.add::<true>()
+        } else {
+            self.add::<false>()
+        }
+    }
+}
+
+impl<T: Float> Columns<'_, '_, T> {
+    /// Adds the terms of column `c` to the accumulators of lane `c % LANES`, for each column in
+    /// order.
+    #[inline(always)]
+    fn add<const LOG_TARGET: bool>(self) {
+        let Columns {
+            x,
+            t,
+            tiles: (tx, tt, tr),
+            acc,
+            rows,
+            cols,
+            row_steps,
+            col_steps,
+            ..
+        } = self;
+        let (r0, nr) = (rows.start, rows.len());
+        let at = |k: usize, c: usize| r0 as isize * row_steps[k] + c as isize * col_steps[k];
+        let ahead = PREFETCH_BYTES.div_ceil(nr * std::mem::size_of::<T>());
+        for c in cols.clone() {
+            // Each column starts on a new page, beyond the hardware prefetchers: ask ahead.
+            if c + ahead < cols.end {
+                x.prefetch(at(0, c + ahead), row_steps[0], nr, Cache::L2);
+                t.prefetch(at(1, c + ahead), row_steps[1], nr, Cache::L2);
+            }
+            let x = x.run(at(0, c), row_steps[0], nr, tx);
+            let t = t.run(at(1, c), row_steps[1], nr, tt);
+            let lane = &mut acc[c % LANES * nr..][..nr];
+            column_sum::<LOG_TARGET, T>(tr, lane, x, t);
+        }
+    }
 }
 
 fn terms_walk<T: Float>(

@@ -170,27 +170,6 @@ fn column_sum_by<T: Float>(
     }
 }
 
-/// [`column_sum`] as a [`Kernel`] for [`crate::simd::dispatch`].
-pub(crate) struct ColumnSum<'a, T> {
-    pub tr: &'a mut [T; TILE],
-    pub acc: &'a mut [f64],
-    pub x: &'a [T],
-    pub t: &'a [T],
-    pub log_target: bool,
-}
-
-impl<T: Float> Kernel for ColumnSum<'_, T> {
-    type Output = ();
-    #[inline(always)]
-    fn run(self) {
-        if self.log_target {
-            column_sum::<true, T>(self.tr, self.acc, self.x, self.t)
-        } else {
-            column_sum::<false, T>(self.tr, self.acc, self.x, self.t)
-        }
-    }
-}
-
 /// [`sum_terms`] as a [`Kernel`], `tr` given, and `fast` as [`transcendental_slice`] returned
 /// it for all the `t` that `tr` was computed from.
 pub(crate) struct SumGiven<'a, T> {

@@ -290,17 +290,18 @@ impl<T> Src<'_, T> {
     /// hardware).
     #[inline(always)]
     pub(crate) fn prefetch(&self, offset: isize, stride: isize, len: usize, cache: Cache) {
-        if stride.unsigned_abs() != 1 {
+        if stride.unsigned_abs() != 1 || len == 0 {
             return;
         }
-        let line = (64 / std::mem::size_of::<T>().max(1)) as isize;
-        let mut i = 0;
-        while i < len as isize + line {
-            let p = self
-                .ptr
-                .wrapping_offset(offset + stride * i.min(len as isize - 1));
-            prefetch(p, cache);
-            i += line;
+        // The run's lowest element, and its lines from the one that holds it: each line once
+        // (a loop over the elements with a multiply per line took 20% of W8's time in cache).
+        let lo = offset + (stride * (len as isize - 1)).min(0);
+        let first = self.ptr.wrapping_offset(lo).cast::<u8>();
+        let skip = first as usize % 64;
+        let lines = (skip + len * std::mem::size_of::<T>()).div_ceil(64);
+        let line = first.wrapping_sub(skip);
+        for k in 0..lines {
+            prefetch(line.wrapping_add(64 * k), cache);
         }
     }
 }

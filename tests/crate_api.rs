@@ -101,6 +101,39 @@ fn same_bits_for_every_layout_and_thread_count() {
     kldiv::set_num_threads(0);
 }
 
+/// A Fortran-order matrix is summed in groups of rows, column by column (the transposed
+/// path): whatever the number of rows (one group, groups split evenly, a short last group,
+/// fewer rows than a cache line), and over more than one block of columns, it gives the bits
+/// of C order, for both types, both kinds of target and one or two threads.
+#[test]
+fn fortran_order_same_bits_for_any_number_of_rows() {
+    fn check<T: kldiv::Float + Default>(x: &Array2<T>, t: &Array2<T>, log_target: bool) {
+        let want = kl_div_sum(x.view(), t.view(), log_target).unwrap();
+        let mut xf = Array2::<T>::default(x.dim().f());
+        xf.assign(x);
+        let mut tf = Array2::<T>::default(t.dim().f());
+        tf.assign(t);
+        let got = kl_div_sum(xf.view(), tf.view(), log_target).unwrap();
+        assert_eq!(format!("{got:?}"), format!("{want:?}"), "{:?}", x.dim());
+    }
+    let cols = 4096 + 40;
+    for rows in [1, 17, 129, 300] {
+        // Terms of very different sizes, so that the bits depend on which lane adds what.
+        let mut x = softmax_rows(rows, cols, 11, true);
+        x.indexed_iter_mut()
+            .filter(|((r, c), _)| (r * 3 + c) % 7 == 0)
+            .for_each(|(_, v)| *v *= 1e9);
+        for log_target in [false, true] {
+            let t = softmax_rows(rows, cols, 12, log_target);
+            for threads in [1, 2] {
+                kldiv::set_num_threads(threads);
+                check(&x, &t, log_target);
+                check(&x.mapv(|v| v as f32), &t.mapv(|v| v as f32), log_target);
+            }
+        }
+    }
+}
+
 #[test]
 fn broadcast_views_equal_materialised_copies() {
     let x = softmax_rows(200, 500, 5, true);
