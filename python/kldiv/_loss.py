@@ -152,7 +152,7 @@ def kl_div_backward(
         _check_out(gt, p.t_shape, p.t_dtype, "out[1]", p)
     gx_full = _full(gx, p, p.x_shape, p.x_dtype)
     gt_full = _full(gt, p, p.t_shape, p.t_dtype)
-    divisor = _divisor(reduction, p)
+    divisor = _divisor(reduction, p.x_shape, p.shape)
     p.kernels.backward(
         p.view(g), divisor, p.x, p.t, p.view(gx_full), p.view(gt_full), bool(log_target)
     )
@@ -205,7 +205,7 @@ def kl_div_and_grad(
         p.kernels.terms_and_grad(p.x, p.t, p.view(loss), p.view(gx_full), bool(log_target))
         value: Result = loss.astype(p.result, copy=False)
     else:
-        divisor = _divisor(reduction, p)
+        divisor = _divisor(reduction, p.x_shape, p.shape)
         value = _scalar(
             p.kernels.reduce_and_grad(p.x, p.t, divisor, p.view(gx_full), bool(log_target)),
             p.result,
@@ -236,34 +236,25 @@ class _Prepared:
     )
 
     def __init__(self, input: npt.ArrayLike, target: npt.ArrayLike) -> None:
-        x, t = input, target
-        if (
-            type(x) is np.ndarray
-            and type(t) is np.ndarray
-            and x.dtype in _KERNELS
-            and x.dtype == t.dtype
-            and x.shape == t.shape
-            and x.flags.aligned
-            and t.flags.aligned
-        ):
-            # The common case, cheaply: two aligned native float32/64 arrays of one shape.
-            self.x, self.t = x, t
-            self.x_shape = self.t_shape = self.shape = x.shape
-            self.x_dtype = self.t_dtype = self.result = self.compute = x.dtype
+        plain = _plain_pair(input, target)
+        if plain is not None:
+            self.kernels, self.x, self.t = plain
+            self.x_shape = self.t_shape = self.shape = self.x.shape
+            self.x_dtype = self.t_dtype = self.result = self.compute = self.x.dtype
+            return
+        x = _as_float_array(input, "input")
+        t = _as_float_array(target, "target")
+        self.x_shape, self.t_shape = x.shape, t.shape
+        self.x_dtype = _native(x.dtype)
+        self.t_dtype = _native(t.dtype)
+        self.shape = x.shape if x.shape == t.shape else _broadcast_shape(x, t)
+        if self.x_dtype == self.t_dtype:
+            self.result = self.x_dtype
         else:
-            x = _as_float_array(input, "input")
-            t = _as_float_array(target, "target")
-            self.x_shape, self.t_shape = x.shape, t.shape
-            self.x_dtype = _native(x.dtype)
-            self.t_dtype = _native(t.dtype)
-            self.shape = x.shape if x.shape == t.shape else _broadcast_shape(x, t)
-            if self.x_dtype == self.t_dtype:
-                self.result = self.x_dtype
-            else:
-                self.result = _native(np.result_type(self.x_dtype, self.t_dtype))
-            self.compute = _F32 if self.result == _F16 else self.result
-            self.x = self.view(_for_kernel(x, self.compute))
-            self.t = self.view(_for_kernel(t, self.compute))
+            self.result = _native(np.result_type(self.x_dtype, self.t_dtype))
+        self.compute = _F32 if self.result == _F16 else self.result
+        self.x = self.view(_for_kernel(x, self.compute))
+        self.t = self.view(_for_kernel(t, self.compute))
         self.kernels = _KERNELS[self.compute]
 
     def view(self, a: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -300,6 +291,22 @@ MAX_KERNEL_DIMS = 32
 _KERNELS = {_F32: _Kernels("f32"), _F64: _Kernels("f64")}
 
 
+def _plain_pair(x: object, t: object) -> tuple[_Kernels, npt.NDArray[Any], npt.NDArray[Any]] | None:
+    """The common case, told cheaply: two aligned native float32 (or float64) NumPy arrays of
+    one shape, with the kernels that take them as they are; else None."""
+    if type(x) is np.ndarray and type(t) is np.ndarray:
+        kernels = _KERNELS.get(x.dtype)
+        if (
+            kernels is not None
+            and x.dtype == t.dtype
+            and x.shape == t.shape
+            and x.flags.aligned
+            and t.flags.aligned
+        ):
+            return kernels, x, t
+    return None
+
+
 def _native(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return dtype if dtype.isnative else dtype.newbyteorder("=")
 
@@ -315,9 +322,8 @@ def _kl_div(
     check_options(reduction, log_target)
     if out is not None and reduction != "none":
         raise ValueError(f"out= is for reduction='none' only, not {reduction!r}")
-    p = _Prepared(input, target)
-
     if reduction == "none":
+        p = _Prepared(input, target)
         if out is not None:
             _check_out(out, p.shape, p.result, "out", p)
         dest = out if out is not None and p.result == p.compute else p.kernels.empty(p.shape)
@@ -331,9 +337,18 @@ def _kl_div(
 
     if reduction == "mean":
         warnings.warn(_MEAN_WARNING, UserWarning, stacklevel=stacklevel)
-    divisor = 1.0 if reduction == "sum" else _divisor(reduction, p)
-    value = p.kernels.reduce(p.x, p.t, divisor, log_target is True or bool(log_target))
-    return p.result.type(value) if p.result is not _F16 else _scalar(value, p.result)
+    # The common case without a _Prepared: W4 (one call on 1000 float32) about 0.5 us faster.
+    plain = _plain_pair(input, target)
+    if plain is not None:
+        kernels, x, t = plain
+        x_shape = shape = x.shape
+        result = x.dtype
+    else:
+        p = _Prepared(input, target)
+        kernels, x, t, x_shape, shape, result = p.kernels, p.x, p.t, p.x_shape, p.shape, p.result
+    divisor = _divisor(reduction, x_shape, shape)
+    value = kernels.reduce(x, t, divisor, log_target is True or bool(log_target))
+    return result.type(value) if result is not _F16 else _scalar(value, result)
 
 
 def partial_sum(input: npt.ArrayLike, target: npt.ArrayLike, log_target: bool = False) -> float:
@@ -357,12 +372,13 @@ def grad_part(
     return _reduce_to(gx, p.x_shape, p.x_dtype, None)
 
 
-def _divisor(reduction: str, p: _Prepared) -> float:
-    """What the reduction divides the sum by (1 for "sum" and "none")."""
+def _divisor(reduction: str, input_shape: tuple[int, ...], shape: tuple[int, ...]) -> float:
+    """What the reduction divides the sum by (1 for "sum" and "none"), given ``input``'s shape
+    and the loss's (broadcast) shape."""
     if reduction == "mean":
-        return float(math.prod(p.shape))
-    if reduction == "batchmean" and p.x_shape:
-        return float(p.x_shape[0])  # input's own first dimension, as PyTorch does
+        return float(math.prod(shape))
+    if reduction == "batchmean" and input_shape:
+        return float(input_shape[0])  # input's own first dimension, as PyTorch does
     return 1.0
 
 

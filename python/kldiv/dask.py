@@ -14,7 +14,6 @@ Importing this module needs Dask (``pip install "dask[array]"``).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -61,14 +60,6 @@ def _sum(a: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndarray:
     return np.sum(a, axis=axis, keepdims=keepdims, dtype=np.float64)
 
 
-def _divisor(reduction: str, input_shape: tuple[int, ...], shape: tuple[int, ...]) -> float:
-    if reduction == "mean":
-        return float(math.prod(shape))
-    if reduction == "batchmean" and input_shape:
-        return float(input_shape[0])
-    return 1.0
-
-
 def _total(xb: da.Array, tb: da.Array, log_target: bool) -> da.Array:
     """The float64 sum of all terms: per-chunk sums, then ``dask.array.reduction``."""
     partials = da.map_blocks(
@@ -100,7 +91,7 @@ def kl_div(input: Any, target: Any, reduction: str = "mean", log_target: bool = 
     x, xb, tb, dtype = _prepare(input, target)
     if reduction == "none":
         return da.map_blocks(_chunk_terms, xb, tb, log_target=bool(log_target), dtype=dtype)
-    divisor = _divisor(reduction, x.shape, xb.shape)
+    divisor = _loss._divisor(reduction, x.shape, xb.shape)
     return _finish(_total(xb, tb, bool(log_target)), divisor, dtype)
 
 
@@ -111,7 +102,7 @@ def kl_div_and_grad(
     gradient is computed chunk by chunk (and summed back if ``input`` was broadcast)."""
     _loss.check_options(reduction, log_target)
     x, xb, tb, dtype = _prepare(input, target)
-    divisor = _divisor(reduction, x.shape, xb.shape)
+    divisor = _loss._divisor(reduction, x.shape, xb.shape)
     if reduction == "none":
         loss = da.map_blocks(_chunk_terms, xb, tb, log_target=bool(log_target), dtype=dtype)
     else:
