@@ -297,10 +297,13 @@ fn sum_walk<T: Float>(walk: &Walk<2>, x: Src<'_, T>, t: Src<'_, T>, log_target: 
 /// Fortran-order, 2 threads, W8's time over W1's, medians of a throwaway example taking turns:
 /// f32 groups of 64 rows 1.86x, 128 rows 1.12-1.28x, 256 rows 1.42-1.52x; f64 groups of 64
 /// rows 0.92-1.08x, 128 rows 1.08-1.20x, 256 rows 1.8x; one thread, f32: 2.24x, 1.41-1.54x,
-/// 1.66-1.88x. Prefetching 4 KiB ahead against 2 KiB: f32 one thread 1.45x against 1.61x
-/// (8 KiB: as 4); into L1 as well, or L1 alone: no better.
+/// 1.66-1.88x. Prefetching 2 KiB ahead: f32 one thread 1.61x against 1.45x at 4 KiB; 16 KiB
+/// ahead against 4 KiB, single calls with the caches disturbed between them (as by the peers
+/// in `benches/bench.py`): 1.09-1.44x against 1.14-1.45x, undisturbed 1.19x against 1.27-1.29x,
+/// f64 0.97x against 1.11x, 1000 x 1000 f32 1.22x against 1.29x, 300 x 30000 1.37-1.44x
+/// against 1.46-1.57x (32 KiB: as 16). Into L1 as well, or L1 alone: no better.
 const GROUP_BYTES: usize = 512;
-const PREFETCH_BYTES: usize = 4096;
+const PREFETCH_BYTES: usize = 16384;
 
 /// The rows of each group of [`sum_transposed`] (the last may have fewer): at most
 /// [`GROUP_BYTES`] of `T`, the rows split evenly between the groups, rounded up to a multiple
