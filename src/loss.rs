@@ -330,13 +330,18 @@ fn sum_transposed<T: Float>(
     let row = blocks.row();
     let group = group_rows::<T>(rows);
     // One task per group of rows and block of columns: finer than whole groups, so that two
-    // threads finish together.
+    // threads finish together. Block by block, group after group: threads running at once read
+    // neighbouring pieces of the same columns, and the short blocks at the rows' ends come
+    // last. Against group by group (throwaway example, 2 threads, caches disturbed between
+    // calls, W8's time over W1's): 1000 x 10000 f32 1.26x-1.40x against 1.31x-1.46x, 300 x 30000
+    // 1.30x against 1.57x, f64 1.11x against 1.12x; one thread: the same.
     let per_row = row.div_ceil(BLOCK);
-    let tasks = rows.div_ceil(group) * per_row;
+    let groups = rows.div_ceil(group);
+    let tasks = groups * per_row;
     // Each thread's three tiles (x, t, ln t), made once per call, not once per task.
     type Tiles<T> = (Tile<T>, Tile<T>, Tile<T>);
     tree_sum_by(blocks, tasks, |task, (tx, tt, tr): &mut Tiles<T>, store| {
-        let (g, j) = (task / per_row, task % per_row);
+        let (g, j) = (task % groups, task / groups);
         let (r0, nr) = (g * group, group.min(rows - g * group));
         let (c0, c1) = (j * BLOCK, ((j + 1) * BLOCK).min(row));
         // acc[k * nr + r]: the lane of row r0 + r that columns c with c % LANES == k add to.
