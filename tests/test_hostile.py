@@ -166,6 +166,24 @@ def test_more_than_32_dimensions(ndim):
     assert kldiv.kl_div_backward(1.0, x, t, "sum")[0].shape == shape
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ndim", [33, 64])
+def test_more_than_32_dimensions_of_one_shape(ndim, dtype):
+    # Two arrays of one shape and dtype take a shorter way to the kernels: it must drop the
+    # axes beyond 32 too (it once handed them to rust-numpy, which panics).
+    shape = (1,) * (ndim - 2) + (2, 3)
+    x = np.log(np.full(shape, 0.25, dtype))
+    t = np.full(shape, 0.5, dtype)
+    want = 6 * 0.5 * np.log(2.0)
+    assert kldiv.kl_div(x, t, "sum") == pytest.approx(want, rel=1e-6)
+    assert kldiv.kl_div(x, t, "batchmean") == pytest.approx(want, rel=1e-6)
+    assert kldiv.kl_div(x, t, "none").shape == shape
+    loss, gx = kldiv.kl_div_and_grad(x, t, "sum")
+    assert loss == pytest.approx(want, rel=1e-6) and gx.shape == shape
+    assert kldiv.kl_div_backward(1.0, x, t, "sum")[1].shape == shape
+    assert kldiv._loss.partial_sum(x, t) == pytest.approx(want, rel=1e-6)
+
+
 OUT_CASES = [
     ("wrong shape", lambda: np.empty((4, 3)), ValueError, "shape"),
     ("wrong dtype", lambda: np.empty((3, 4), np.float32), TypeError, "dtype"),

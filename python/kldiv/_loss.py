@@ -293,13 +293,15 @@ _KERNELS = {_F32: _Kernels("f32"), _F64: _Kernels("f64")}
 
 def _plain_pair(x: object, t: object) -> tuple[_Kernels, npt.NDArray[Any], npt.NDArray[Any]] | None:
     """The common case, told cheaply: two aligned native float32 (or float64) NumPy arrays of
-    one shape, with the kernels that take them as they are; else None."""
+    one shape, of at most ``MAX_KERNEL_DIMS`` dimensions, with the kernels that take them as
+    they are; else None."""
     if type(x) is np.ndarray and type(t) is np.ndarray:
         kernels = _KERNELS.get(x.dtype)
         if (
             kernels is not None
             and x.dtype == t.dtype
             and x.shape == t.shape
+            and x.ndim <= MAX_KERNEL_DIMS
             and x.flags.aligned
             and t.flags.aligned
         ):
