@@ -237,3 +237,77 @@ def test_bad_grad_output(grad_output, reduction, error):
 def test_nan_grad_output_propagates():
     gx, gt = kldiv.kl_div_backward(float("nan"), X, T, "sum")
     assert np.isnan(gx).all() and np.isnan(gt).all()
+
+
+class _Sub(np.ndarray):
+    pass
+
+
+def _pair(dtype, shape=(3, 4), order="C"):
+    rng = np.random.default_rng(7)
+    x = np.asarray(np.log(rng.dirichlet(np.ones(shape[-1]), size=shape[:-1])), dtype, order=order)
+    t = np.asarray(rng.dirichlet(np.ones(shape[-1]), size=shape[:-1]), dtype, order=order)
+    return x, t
+
+
+F32, F64 = _pair(np.float32), _pair(np.float64)
+# (case, input, target, reduction, log_target): what kl_div's one-call path in Rust
+# (_kldiv.reduce_plain) takes, and what it must leave to the Python checks.
+PLAIN_TAKEN = [
+    ("float32", *F32, "batchmean", False),
+    ("float32 sum log_target", *F32, "sum", True),
+    ("float64", *F64, "batchmean", False),
+    ("float64 sum log_target", *F64, "sum", True),
+    ("Fortran order", *_pair(np.float32, (5, 6), "F"), "batchmean", False),
+    ("strided views", F64[0][:, ::2], F64[1][:, 1::2], "batchmean", False),
+    ("0-d arrays", np.array(F32[0][0, 0]), np.array(F32[1][0, 0]), "batchmean", False),
+    ("empty batch", np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32), "batchmean", False),
+    ("read-only", readonly(F32[0].copy()), readonly(F32[1].copy()), "sum", False),
+    ("32 dimensions", *_pair(np.float64, (1,) * 30 + (2, 3)), "batchmean", False),
+]
+PLAIN_DECLINED = [
+    ("mean", *F32, "mean", False),
+    ("none", *F32, "none", False),
+    ("unknown reduction", *F32, "batchsum", False),
+    ("reduction not a str", *F32, 3, False),
+    ("numpy bool log_target", *F32, "sum", np.bool_(True)),
+    ("int log_target", *F32, "sum", 1),
+    ("mixed dtypes", F32[0], F64[1], "sum", False),
+    ("float16", F32[0].astype(np.float16), F32[1].astype(np.float16), "sum", False),
+    ("big-endian", F64[0].astype(">f8"), F64[1].astype(">f8"), "sum", False),
+    ("misaligned", misaligned(F64[0]), F64[1], "sum", False),
+    ("subclass", F32[0].view(_Sub), F32[1], "sum", False),
+    ("list", F64[0].tolist(), F64[1], "sum", False),
+    ("numpy scalars", F32[0][0, 0], F32[1][0, 0], "batchmean", False),
+    ("broadcast", F32[0], F32[1][:1], "sum", False),
+    ("33 dimensions", *_pair(np.float64, (1,) * 31 + (2, 3)), "batchmean", False),
+]
+
+
+def _long_way(x, t, reduction, log_target):
+    """kl_div through the Python checks (_Prepared), as before the one-call path."""
+    from kldiv import _loss
+
+    p = _loss._Prepared(x, t)
+    divisor = _loss._divisor(reduction, p.x_shape, p.shape)
+    return _loss._scalar(p.kernels.reduce(p.x, p.t, divisor, bool(log_target)), p.result)
+
+
+@pytest.mark.parametrize(
+    ("case", "x", "t", "reduction", "log_target"),
+    PLAIN_TAKEN + PLAIN_DECLINED,
+    ids=[c[0] for c in PLAIN_TAKEN + PLAIN_DECLINED],
+)
+def test_one_call_path_takes_only_plain_arrays_and_gives_the_same_bits(
+    case, x, t, reduction, log_target
+):
+    got = kldiv._kldiv.reduce_plain(x, t, reduction, log_target)
+    if any(case == c[0] for c in PLAIN_DECLINED):
+        assert got is None
+        return
+    want = _long_way(x, t, reduction, log_target)
+    assert type(got) is type(want) and type(got) is np.asarray(x).dtype.type
+    assert np.array_equal(got, want, equal_nan=True)  # the same bits, NaN included
+    assert np.array_equal(kldiv.kl_div(x, t, reduction, log_target), want, equal_nan=True)
+    loss = kldiv.KLDivLoss(reduction, log_target)
+    assert np.array_equal(loss(x, t), want, equal_nan=True)

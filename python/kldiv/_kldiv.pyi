@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
+MAX_DIMS: int
 
 def sum_f32(
     input: npt.NDArray[np.float32], target: npt.NDArray[np.float32], log_target: bool
@@ -31,6 +32,14 @@ def reduce_f64(
     divisor: float,
     log_target: bool,
 ) -> float: ...
+def reduce_plain(
+    input: object, target: object, reduction: object, log_target: object
+) -> np.float32 | np.float64 | None:
+    """``kl_div(input, target, reduction, log_target)`` for "sum" or "batchmean" of two
+    ``numpy.ndarray`` (exactly) of one native float32 or float64 dtype and one shape (at most
+    ``MAX_DIMS`` dimensions), aligned, with a bool ``log_target``, as a NumPy scalar; None for
+    any other arguments (nothing checked, nothing raised)."""
+
 def terms_f32(
     input: npt.NDArray[np.float32],
     target: npt.NDArray[np.float32],

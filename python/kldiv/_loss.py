@@ -287,7 +287,7 @@ class _Kernels:
 
 
 _F16, _F32, _F64 = _FLOATS
-MAX_KERNEL_DIMS = 32
+MAX_KERNEL_DIMS: int = _kldiv.MAX_DIMS
 _KERNELS = {_F32: _Kernels("f32"), _F64: _Kernels("f64")}
 
 
@@ -321,6 +321,12 @@ def _kl_div(
     out: npt.NDArray[Any] | None,
     stacklevel: int,
 ) -> Result:
+    if out is None:
+        # The common case checked in Rust ("sum" or "batchmean" of two plain arrays of one
+        # dtype and shape): W4, 1000 float32 elements, in half the time. None for the rest.
+        value = _kldiv.reduce_plain(input, target, reduction, log_target)
+        if value is not None:
+            return value
     check_options(reduction, log_target)
     if out is not None and reduction != "none":
         raise ValueError(f"out= is for reduction='none' only, not {reduction!r}")
@@ -339,18 +345,10 @@ def _kl_div(
 
     if reduction == "mean":
         warnings.warn(_MEAN_WARNING, UserWarning, stacklevel=stacklevel)
-    # The common case without a _Prepared: W4 (one call on 1000 float32) about 0.5 us faster.
-    plain = _plain_pair(input, target)
-    if plain is not None:
-        kernels, x, t = plain
-        x_shape = shape = x.shape
-        result = x.dtype
-    else:
-        p = _Prepared(input, target)
-        kernels, x, t, x_shape, shape, result = p.kernels, p.x, p.t, p.x_shape, p.shape, p.result
-    divisor = _divisor(reduction, x_shape, shape)
-    value = kernels.reduce(x, t, divisor, log_target is True or bool(log_target))
-    return result.type(value) if result is not _F16 else _scalar(value, result)
+    p = _Prepared(input, target)
+    divisor = _divisor(reduction, p.x_shape, p.shape)
+    value = p.kernels.reduce(p.x, p.t, divisor, bool(log_target))
+    return _scalar(value, p.result)
 
 
 def partial_sum(input: npt.ArrayLike, target: npt.ArrayLike, log_target: bool = False) -> float:
