@@ -4,11 +4,12 @@
 //! canonical row (see [`Blocks`]); which indices a block covers depends on the logical shape
 //! alone, never on the thread count or the memory layout. The calling thread and the pool's
 //! workers claim chunks of blocks from a shared counter (so the caller starts at once and the
-//! workers join as soon as they wake), each block's sum is stored in its own slot, and the
+//! workers join as soon as they wake; the caller never waits for a worker that has not
+//! started, see [`run_with_helpers`]), each block's sum is stored in its own slot, and the
 //! slots are combined by a fixed pairwise tree over block indices: who computed a block never
 //! changes the bits. Inputs smaller than [`PARALLEL_MIN`] run on the calling thread alone.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Logical elements per block (a multiple of [`crate::reduce::LANES`]).
@@ -201,12 +202,100 @@ pub(crate) fn for_each_task<S: Default>(
             (first..(first + chunk).min(tasks)).for_each(|i| each(i, &mut scratch));
         }
     };
-    pool.in_place_scope(|scope| {
-        for _ in 0..pool.current_num_threads() {
-            scope.spawn(|_| claim());
+    run_with_helpers(&pool, &claim);
+}
+
+/// Runs `work` on the calling thread, and on each of `pool`'s workers that gets to it before
+/// the caller is done with it; returns once the caller has run it and no worker is in it.
+///
+/// Unlike a rayon scope, the caller never waits for a worker that has not started: a worker
+/// still asleep (or busy with another call) finds the call closed when it gets to its job, and
+/// does nothing. Waking a worker that has slept took about 130 µs on a 2-vCPU VM: in a rayon
+/// scope, sums of 70,000 `f32` elements after 20 ms idle took 165 µs on 2 threads against 60 µs
+/// on one, 200,000 elements 191 µs against 74 µs.
+fn run_with_helpers(pool: &rayon::ThreadPool, work: &(dyn Fn() + Sync)) {
+    let call = Arc::new(Call::default());
+    // SAFETY: only the lifetime is erased, so that the workers' jobs may hold `work`. A job
+    // calls it only between a successful `Call::enter` and its `Call::leave`, and this function
+    // does not return (nor unwind) before `Call::close`, which waits until every worker that
+    // entered has left, and after which none can enter: no job touches `work` once it is gone.
+    let work: &'static (dyn Fn() + Sync) = unsafe { std::mem::transmute(work) };
+    for _ in 0..pool.current_num_threads() {
+        let call = Arc::clone(&call);
+        pool.spawn(move || {
+            if call.enter() {
+                let _leave = Leave(&call);
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
+                    call.panicked.store(true, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    let close = Close(&call);
+    work();
+    drop(close);
+    if call.panicked.load(Ordering::Relaxed) {
+        panic!("kldiv: a kernel panicked on a worker thread");
+    }
+}
+
+/// The workers in one call of [`run_with_helpers`]: bit 0 of `state` says the call is closed,
+/// the rest count the workers in it (by twos).
+#[derive(Default)]
+struct Call {
+    state: AtomicUsize,
+    panicked: AtomicBool,
+}
+
+const CLOSED: usize = 1;
+
+impl Call {
+    /// Counts a worker in, unless the call is closed.
+    fn enter(&self) -> bool {
+        let mut state = self.state.load(Ordering::Acquire);
+        while state & CLOSED == 0 {
+            match self.state.compare_exchange_weak(
+                state,
+                state + 2,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => state = now,
+            }
         }
-        claim();
-    });
+        false
+    }
+}
+
+/// Counts a worker out of a [`Call`] when dropped (after its work, or while it unwinds).
+struct Leave<'a>(&'a Call);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        // Release: the worker's writes happen before the caller sees it gone.
+        self.0.state.fetch_sub(2, Ordering::Release);
+    }
+}
+
+/// Closes a [`Call`] when dropped and waits until every worker in it has left (workers finish
+/// the chunk of tasks they hold, at most [`CHUNK`] elements).
+struct Close<'a>(&'a Call);
+
+impl Drop for Close<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.fetch_or(CLOSED, Ordering::Acquire) | CLOSED;
+        let mut spins = 0u32;
+        while state != CLOSED {
+            if spins < 1000 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
+            state = self.0.state.load(Ordering::Acquire);
+        }
+    }
 }
 
 /// Runs `each(b)` once for every block (in parallel when large).
@@ -240,7 +329,7 @@ pub(crate) fn tree_sum_by<S: Default>(
     let sums: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
     let store = |b: usize, v: f64| sums[b].store(v.to_bits(), Ordering::Relaxed);
     for_each_task(blocks.len(), tasks, |i, scratch| task(i, scratch, &store));
-    // `for_each_task` has joined every worker: all stores are visible here.
+    // `for_each_task` has waited for every worker that took tasks: all stores are visible here.
     tree(0, n, &mut |b| {
         f64::from_bits(sums[b].load(Ordering::Relaxed))
     })
@@ -286,6 +375,78 @@ mod tests {
             );
         }
         set_num_threads(0);
+    }
+
+    #[test]
+    fn the_caller_does_not_wait_for_a_busy_worker() {
+        // The only worker is held until the call is over: the caller runs all the work alone
+        // and returns (a rayon scope would wait for the worker forever here).
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        let (started, wait_started) = std::sync::mpsc::channel::<()>();
+        pool.spawn(move || {
+            started.send(()).unwrap();
+            held.recv().unwrap();
+        });
+        wait_started.recv().unwrap();
+        let runs = AtomicUsize::new(0);
+        run_with_helpers(&pool, &|| {
+            runs.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(runs.load(Ordering::Relaxed), 1);
+        hold.send(()).unwrap(); // the worker now finds the call closed, and does nothing
+        pool.install(|| {}); // (runs after the stale job: the queue is first in, first out)
+        assert_eq!(runs.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_free_worker_joins_in() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<std::thread::ThreadId>();
+        let tx = std::sync::Mutex::new(tx);
+        // The caller waits (a bounded time) for the worker to arrive before it finishes.
+        let arrived = AtomicUsize::new(0);
+        run_with_helpers(&pool, &|| {
+            tx.lock()
+                .unwrap()
+                .send(std::thread::current().id())
+                .unwrap();
+            arrived.fetch_add(1, Ordering::AcqRel);
+            let t0 = std::time::Instant::now();
+            while arrived.load(Ordering::Acquire) < 2 && t0.elapsed().as_secs() < 10 {
+                std::thread::yield_now();
+            }
+        });
+        let ids: Vec<_> = rx.try_iter().collect();
+        assert_eq!(ids.len(), 2);
+        assert_ne!(ids[0], ids[1]);
+    }
+
+    #[test]
+    #[should_panic(expected = "panicked on a worker thread")]
+    fn a_worker_panic_reaches_the_caller() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let main = std::thread::current().id();
+        let arrived = AtomicUsize::new(0);
+        run_with_helpers(&pool, &|| {
+            arrived.fetch_add(1, Ordering::AcqRel);
+            if std::thread::current().id() != main {
+                panic!("on the worker");
+            }
+            let t0 = std::time::Instant::now();
+            while arrived.load(Ordering::Acquire) < 2 && t0.elapsed().as_secs() < 10 {
+                std::thread::yield_now();
+            }
+        });
     }
 
     #[test]
