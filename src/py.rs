@@ -138,8 +138,8 @@ fn reduce_pair<'py, T: Float + Element>(
     numpy_scalar(py, value).map(Some)
 }
 
-/// `value` as a NumPy scalar (`numpy.float32` or `numpy.float64`), made in C: a third of the
-/// time of calling the type from Python.
+/// `value` as a NumPy scalar (`numpy.float32` or `numpy.float64`), made by NumPy's C API
+/// without a call back into Python.
 fn numpy_scalar<T: Element>(py: Python<'_>, mut value: T) -> PyResult<Bound<'_, PyAny>> {
     let descr = PyArrayDescr::of::<T>(py);
     let data = (&mut value as *mut T).cast::<c_void>();
