@@ -20,7 +20,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString};
 
-use crate::{Error, Float};
+use crate::{Error, Float, Reduction};
 
 type In<'py, T> = PyReadonlyArrayDyn<'py, T>;
 type Out<'py, T> = PyReadwriteArrayDyn<'py, T>;
@@ -84,18 +84,18 @@ fn reduce_plain<'py>(
         return Ok(None);
     };
     // (`str::to_str` is not in the limited API of Python 3.9; these compare interned strings.)
-    let batchmean = if PyAnyMethods::eq(reduction.as_any(), intern!(py, "batchmean"))? {
-        true
+    let reduction = if PyAnyMethods::eq(reduction.as_any(), intern!(py, "batchmean"))? {
+        Reduction::BatchMean
     } else if PyAnyMethods::eq(reduction.as_any(), intern!(py, "sum"))? {
-        false
+        Reduction::Sum
     } else {
         return Ok(None);
     };
     let log_target = log_target.is_true();
     if let (Some(x), Some(t)) = (plain::<f32>(input), plain::<f32>(target)) {
-        reduce_pair(py, x, t, batchmean, log_target)
+        reduce_pair(py, x, t, reduction, log_target)
     } else if let (Some(x), Some(t)) = (plain::<f64>(input), plain::<f64>(target)) {
-        reduce_pair(py, x, t, batchmean, log_target)
+        reduce_pair(py, x, t, reduction, log_target)
     } else {
         Ok(None)
     }
@@ -119,18 +119,13 @@ fn reduce_pair<'py, T: Float + Element>(
     py: Python<'py>,
     x: &Bound<'py, PyArrayDyn<T>>,
     t: &Bound<'py, PyArrayDyn<T>>,
-    batchmean: bool,
+    reduction: Reduction,
     log_target: bool,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let shape = x.shape();
-    if shape != t.shape() {
+    if x.shape() != t.shape() {
         return Ok(None);
     }
-    // batchmean divides by the batch size, input's first dimension (1 for a 0-d input).
-    let divisor = match shape.first() {
-        Some(&n) if batchmean => n as f64,
-        _ => 1.0,
-    };
+    let divisor = crate::loss::divisor(reduction, x.shape(), t.shape()).map_err(value_error)?;
     let (Ok(x), Ok(t)) = (x.try_readonly(), t.try_readonly()) else {
         return Ok(None);
     };

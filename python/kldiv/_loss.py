@@ -330,8 +330,8 @@ def _kl_div(
     check_options(reduction, log_target)
     if out is not None and reduction != "none":
         raise ValueError(f"out= is for reduction='none' only, not {reduction!r}")
+    p = _Prepared(input, target)
     if reduction == "none":
-        p = _Prepared(input, target)
         if out is not None:
             _check_out(out, p.shape, p.result, "out", p)
         dest = out if out is not None and p.result == p.compute else p.kernels.empty(p.shape)
@@ -345,7 +345,6 @@ def _kl_div(
 
     if reduction == "mean":
         warnings.warn(_MEAN_WARNING, UserWarning, stacklevel=stacklevel)
-    p = _Prepared(input, target)
     divisor = _divisor(reduction, p.x_shape, p.shape)
     value = p.kernels.reduce(p.x, p.t, divisor, bool(log_target))
     return _scalar(value, p.result)
