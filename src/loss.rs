@@ -7,12 +7,12 @@ use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
 use crate::error::Error;
 use crate::float::Float;
-use crate::parallel::{for_each_block, tree_sum, tree_sum_by, Blocks, BLOCK};
+use crate::parallel::{for_each_block, threads_for, tree_sum, tree_sum_by, Blocks, BLOCK};
 use crate::reduce::{column_sum, fold_lanes, Sum, SumGiven, LANES};
 use crate::simd::{dispatch, Kernel};
 use crate::terms::{TargetFactor, Terms};
 use crate::walk::{
-    broadcast_shape, broadcast_strides, for_runs, Cache, Dst, Src, Tile, Walk, TILE,
+    broadcast_shape, broadcast_strides, for_runs, run_len, Dst, Src, Tile, Walk, AHEAD, TILE,
 };
 
 /// How the loss terms are reduced to one number (PyTorch's `reduction` argument, less `"none"`,
@@ -291,28 +291,30 @@ fn sum_walk<T: Float>(walk: &Walk<2>, x: Src<'_, T>, t: Src<'_, T>, log_target: 
     })
 }
 
-/// The bytes of a column that one group of rows of [`sum_transposed`] reads at a time (128
-/// rows of f32, 64 of f64: accumulators in 16 KiB or 8 KiB), and how many bytes of columns
-/// ahead it asks for, into L2. Measured on an AVX-512 machine (AMD EPYC, Zen 5), 1000 x 10000
-/// Fortran-order, 2 threads, W8's time over W1's, medians of a throwaway example taking turns:
-/// f32 groups of 64 rows 1.86x, 128 rows 1.12-1.28x, 256 rows 1.42-1.52x; f64 groups of 64
-/// rows 0.92-1.08x, 128 rows 1.08-1.20x, 256 rows 1.8x; one thread, f32: 2.24x, 1.41-1.54x,
-/// 1.66-1.88x. Prefetching 2 KiB ahead: f32 one thread 1.61x against 1.45x at 4 KiB; 16 KiB
-/// ahead against 4 KiB, single calls with the caches disturbed between them (as by the peers
-/// in `benches/bench.py`): 1.09-1.44x against 1.14-1.45x, undisturbed 1.19x against 1.27-1.29x,
-/// f64 0.97x against 1.11x, 1000 x 1000 f32 1.22x against 1.29x, 300 x 30000 1.37-1.44x
-/// against 1.46-1.57x (32 KiB: as 16). Into L1 as well, or L1 alone: no better.
-const GROUP_BYTES: usize = 512;
-const PREFETCH_BYTES: usize = 16384;
+/// The most rows that one task of [`sum_transposed`] reads down each column: its accumulators,
+/// 16 `f64` lanes of each row, then take 2 MiB (in L2 and L3).
+const GROUP_ROWS_MAX: usize = 16384;
 
-/// The rows of each group of [`sum_transposed`] (the last may have fewer): at most
-/// [`GROUP_BYTES`] of `T`, the rows split evenly between the groups, rounded up to a multiple
-/// of 16 rows (a cache line of f32, so that groups share no lines when a column starts on
-/// one). 300 rows of f32: 112, 112 and 76 (1.44x W1's time), not 128, 128 and 44 (1.54x).
-fn group_rows<T>(rows: usize) -> usize {
-    let most = GROUP_BYTES / std::mem::size_of::<T>();
-    let groups = rows.div_ceil(most).max(1);
-    rows.div_ceil(groups).next_multiple_of(16).min(most)
+/// The rows of each group of [`sum_transposed`] (the last may have fewer): all of them where
+/// the blocks of a row give each of `threads` threads a block of its own, else the rows split
+/// evenly into enough groups for that; more groups only where a group would exceed
+/// [`GROUP_ROWS_MAX`]. Rounded up to a multiple of 16 rows (a cache line of f32, so that groups
+/// share no lines when a column starts on one).
+///
+/// Whole columns make a task's reads of a Fortran-order array one stream through memory, as on
+/// the row-by-row path; a part of each column makes the hardware fetch lines beyond each part
+/// that the task skips. Measured on an AVX-512 machine (AMD EPYC, Zen 4), W8's time over W1's,
+/// medians of a throwaway Rust example taking turns (1000 x 10000 f32: 3 blocks a row; 4000 x
+/// 2500 and 1000 x 1000: 1): 1000 x 10000 one thread, 1 group 1.15x, 2 groups 2.07x, 8 2.09x
+/// (the earlier groups of 128 rows: 1.9-2.1x); two threads 1 group 1.12x, 2 1.39x, 8 1.89x;
+/// 4000 x 2500 two threads 1 group 1.94x (one task), 2 1.43x, 8 1.55x; 1000 x 1000 (in
+/// cache), one thread 1 group 1.25-1.33x, 2 1.31-1.43x (groups of 128 rows 1.53-1.58x); two
+/// threads 2 groups 1.46-1.54x (groups of 128 rows 1.45-1.51x).
+fn group_rows(rows: usize, blocks_per_row: usize, threads: usize) -> usize {
+    let groups = rows
+        .div_ceil(GROUP_ROWS_MAX)
+        .max(threads.div_ceil(blocks_per_row.max(1)));
+    rows.div_ceil(groups.max(1)).next_multiple_of(16).max(16)
 }
 
 /// [`sum_walk`] for a transposed walk: a group of rows (see [`group_rows`]) is read column by
@@ -328,49 +330,49 @@ fn sum_transposed<T: Float>(
     log_target: bool,
 ) -> f64 {
     let row = blocks.row();
-    let group = group_rows::<T>(rows);
-    // One task per group of rows and block of columns: finer than whole groups, so that two
-    // threads finish together. Block by block, group after group: threads running at once read
-    // neighbouring pieces of the same columns, and the short blocks at the rows' ends come
-    // last. Against group by group (throwaway example, 2 threads, caches disturbed between
-    // calls, W8's time over W1's): 1000 x 10000 f32 1.26x-1.40x against 1.31x-1.46x, 300 x 30000
-    // 1.30x against 1.57x, f64 1.11x against 1.12x; one thread: the same.
     let per_row = row.div_ceil(BLOCK);
+    let group = group_rows(rows, per_row, threads_for(blocks.len()));
+    // One task per group of rows and block of columns, block by block, group after group: the
+    // threads read the groups of the same columns at the same time.
     let groups = rows.div_ceil(group);
     let tasks = groups * per_row;
-    // Each thread's three tiles (x, t, ln t), made once per call, not once per task.
-    type Tiles<T> = (Tile<T>, Tile<T>, Tile<T>);
-    tree_sum_by(blocks, tasks, |task, (tx, tt, tr): &mut Tiles<T>, store| {
-        let (g, j) = (task % groups, task / groups);
-        let (r0, nr) = (g * group, group.min(rows - g * group));
-        let (c0, c1) = (j * BLOCK, ((j + 1) * BLOCK).min(row));
-        // acc[k * nr + r]: the lane of row r0 + r that columns c with c % LANES == k add to.
-        let mut acc = [0.0; LANES * GROUP_BYTES / std::mem::size_of::<f32>()];
-        let acc = &mut acc[..LANES * nr];
-        // The whole loop over the columns in one dispatched call (not one call per column):
-        // the SIMD constants are set up once per task.
-        dispatch(Columns {
-            x,
-            t,
-            tiles: (&mut tx.0, &mut tt.0, &mut tr.0),
-            acc,
-            rows: r0..r0 + nr,
-            cols: c0..c1,
-            row_steps,
-            col_steps,
-            log_target,
-        });
-        for r in 0..nr {
-            // Element (r, c) has logical index (r0 + r) * row + c: its lane is that mod LANES,
-            // i.e. column lane k shifted by the row's start.
-            let shift = (r0 + r) * row % LANES;
-            let mut lanes = [0.0; LANES];
-            for (k, acc_k) in acc.chunks_exact(nr).enumerate() {
-                lanes[(shift + k) % LANES] = acc_k[r];
+    // Each thread's three tiles (x, t, ln t) and accumulators, made once per call.
+    type Scratch<T> = (Tile<T>, Tile<T>, Tile<T>, Vec<f64>);
+    tree_sum_by(
+        blocks,
+        tasks,
+        |task, (tx, tt, tr, acc): &mut Scratch<T>, store| {
+            let (g, j) = (task % groups, task / groups);
+            let (r0, nr) = (g * group, group.min(rows - g * group));
+            let (c0, c1) = (j * BLOCK, ((j + 1) * BLOCK).min(row));
+            // acc[k * nr + r]: the lane of row r0 + r that columns c with c % LANES == k add to.
+            acc.clear();
+            acc.resize(LANES * nr, 0.0);
+            // The whole loop over the columns in one dispatched call (not one call per column):
+            // the SIMD constants are set up once per task.
+            dispatch(Columns {
+                x,
+                t,
+                tiles: (&mut tx.0, &mut tt.0, &mut tr.0),
+                acc,
+                rows: r0..r0 + nr,
+                cols: c0..c1,
+                row_steps,
+                col_steps,
+                log_target,
+            });
+            for r in 0..nr {
+                // Element (r, c) has logical index (r0 + r) * row + c: its lane is that mod LANES,
+                // i.e. column lane k shifted by the row's start.
+                let shift = (r0 + r) * row % LANES;
+                let mut lanes = [0.0; LANES];
+                for (k, acc_k) in acc.chunks_exact(nr).enumerate() {
+                    lanes[(shift + k) % LANES] = acc_k[r];
+                }
+                store(blocks.index(r0 + r, j), fold_lanes(&lanes));
             }
-            store(blocks.index(r0 + r, j), fold_lanes(&lanes));
-        }
-    })
+        },
+    )
 }
 
 /// The columns `cols` of the rows `rows` of a transposed walk, as a [`Kernel`]: the loop of
@@ -402,7 +404,7 @@ impl<T: Float> Kernel for Columns<'_, '_, T> {
 
 impl<T: Float> Columns<'_, '_, T> {
     /// Adds the terms of column `c` to the accumulators of lane `c % LANES`, for each column in
-    /// order.
+    /// order, in runs of at most [`run_len`] rows.
     #[inline(always)]
     fn add<const LOG_TARGET: bool>(self) {
         let Columns {
@@ -417,18 +419,37 @@ impl<T: Float> Columns<'_, '_, T> {
             ..
         } = self;
         let (r0, nr) = (rows.start, rows.len());
-        let at = |k: usize, c: usize| r0 as isize * row_steps[k] + c as isize * col_steps[k];
-        let ahead = PREFETCH_BYTES.div_ceil(nr * std::mem::size_of::<T>());
+        // The offset of the element of row r0 + r and column c in operand k.
+        let at = |k: usize, c: usize, r: usize| {
+            (r0 + r) as isize * row_steps[k] + c as isize * col_steps[k]
+        };
+        // While an element is read, the one AHEAD bytes further on in this task's order (down
+        // the column, then down the next) is asked for: `q` columns and `rem` rows on. When the
+        // group holds whole columns of a Fortran-order array, that is the next AHEAD bytes of
+        // memory, as on the row-by-row path.
+        let ahead = AHEAD / std::mem::size_of::<T>();
+        let (q, rem) = (ahead / nr, ahead % nr);
+        let run = run_len::<T>();
         for c in cols.clone() {
-            // Each column starts on a new page, beyond the hardware prefetchers: ask ahead.
-            if c + ahead < cols.end {
-                x.prefetch(at(0, c + ahead), row_steps[0], nr, Cache::L2);
-                t.prefetch(at(1, c + ahead), row_steps[1], nr, Cache::L2);
-            }
-            let x = x.run(at(0, c), row_steps[0], nr, tx);
-            let t = t.run(at(1, c), row_steps[1], nr, tt);
             let lane = &mut acc[c % LANES * nr..][..nr];
-            column_sum::<LOG_TARGET, T>(tr, lane, x, t);
+            for r in (0..nr).step_by(run) {
+                let len = run.min(nr - r);
+                let xs = x.run(at(0, c, r), row_steps[0], len, tx);
+                let ts = t.run(at(1, c, r), row_steps[1], len, tt);
+                let prefetch = |i: usize| {
+                    let i = r + i + rem;
+                    let (pc, pr) = if i < nr {
+                        (c + q, i)
+                    } else {
+                        (c + q + 1, i - nr)
+                    };
+                    if pc < cols.end {
+                        x.prefetch(at(0, pc, pr));
+                        t.prefetch(at(1, pc, pr));
+                    }
+                };
+                column_sum::<LOG_TARGET, T>(tr, &mut lane[r..r + len], xs, ts, prefetch);
+            }
         }
     }
 }

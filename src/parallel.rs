@@ -170,6 +170,16 @@ impl Blocks {
     }
 }
 
+/// The number of threads a kernel over `len` elements runs on: 1 below [`PARALLEL_MIN`], else
+/// [`get_num_threads`].
+pub(crate) fn threads_for(len: usize) -> usize {
+    if len < PARALLEL_MIN {
+        1
+    } else {
+        threads().n
+    }
+}
+
 /// Runs `each(i, scratch)` once for every `i in 0..tasks`: on the calling thread alone for
 /// small inputs (`len` elements in all, in tasks of about equal size), else on the caller and
 /// the workers, claimed in chunks (see [`CHUNK`]). Each thread makes one `S::default()` scratch

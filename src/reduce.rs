@@ -8,7 +8,9 @@
 
 use crate::float::Float;
 use crate::simd::Kernel;
-use crate::terms::{add_fast_term, add_term, grad_input_with, transcendental_slice};
+use crate::terms::{
+    add_fast_term, add_term, grad_input_with, transcendental_slice, transcendental_slice_by,
+};
 use crate::walk::TILE;
 
 /// Number of independent `f64` accumulators per block (a multiple of every SIMD width).
@@ -139,17 +141,19 @@ impl<T: Float> Kernel for Sum<'_, T> {
     }
 }
 
-/// `acc[i] += term(x[i], t[i])` for one column of a transposed walk: element `i` belongs to
-/// row `i` of a group of rows, and `acc` holds one lane of each of those rows.
+/// `acc[i] += term(x[i], t[i])` for a run of one column of a transposed walk: element `i`
+/// belongs to row `i` of the run, and `acc` holds one lane of each of those rows. `ahead(i)` is
+/// called at the first element `i` of each cache line (see [`transcendental_slice_by`]).
 #[inline(always)]
 pub(crate) fn column_sum<const LOG_TARGET: bool, T: Float>(
     tr: &mut [T; TILE],
     acc: &mut [f64],
     x: &[T],
     t: &[T],
+    ahead: impl Fn(usize),
 ) {
     let tr = &mut tr[..x.len()];
-    if transcendental_slice::<LOG_TARGET, T>(t, tr, &[]) {
+    if transcendental_slice_by::<LOG_TARGET, T>(t, tr, ahead) {
         column_sum_by(acc, x, t, tr, add_fast_term::<LOG_TARGET, T>)
     } else {
         column_sum_by(acc, x, t, tr, add_term::<LOG_TARGET, T>)

@@ -154,15 +154,27 @@ pub(crate) fn grad_target_with<const LOG_TARGET: bool, T: Float>(g: f64, x: T, t
 /// as the walk hands them out): while the transcendentals are computed, the lines
 /// [`crate::walk::AHEAD`] bytes further on in each are asked for (see [`prefetch_ahead`]). When
 /// a slice is a tile (a strided or broadcast operand), those prefetches fetch nothing useful
-/// and cost only their instructions; the transposed path, which prefetches its own columns,
-/// passes none.
+/// and cost only their instructions.
 #[inline(always)]
 pub(crate) fn transcendental_slice<const LOG_TARGET: bool, T: Float>(
     t: &[T],
     out: &mut [T],
     streams: &[&[T]],
 ) -> bool {
-    let ahead = |i: usize| streams.iter().for_each(|s| prefetch_ahead(s, i));
+    transcendental_slice_by::<LOG_TARGET, T>(t, out, |i| {
+        streams.iter().for_each(|s| prefetch_ahead(s, i))
+    })
+}
+
+/// [`transcendental_slice`], calling `ahead(i)` at the first element `i` of each cache line of
+/// `t` to ask for memory that is read later (the transposed path, whose runs are not pieces of
+/// one stream, says which).
+#[inline(always)]
+pub(crate) fn transcendental_slice_by<const LOG_TARGET: bool, T: Float>(
+    t: &[T],
+    out: &mut [T],
+    ahead: impl Fn(usize),
+) -> bool {
     if LOG_TARGET {
         map_slice(t, out, T::exp, ahead);
         true

@@ -285,34 +285,12 @@ impl<'a, T: Copy> Src<'a, T> {
 }
 
 impl<T> Src<'_, T> {
-    /// Asks the CPU to start loading the cache lines of a run (see [`Src::run`]) that will be
-    /// read soon, into `cache`; only for contiguous runs (other strides are left to the
-    /// hardware).
+    /// Asks the CPU to start loading the cache line of the element at `offset` into L1 (a hint:
+    /// `offset` need not lie inside the view).
     #[inline(always)]
-    pub(crate) fn prefetch(&self, offset: isize, stride: isize, len: usize, cache: Cache) {
-        if stride.unsigned_abs() != 1 || len == 0 {
-            return;
-        }
-        // The run's lowest element, and its lines from the one that holds it: each line once
-        // (a loop over the elements with a multiply per line took 20% of W8's time in cache).
-        let lo = offset + (stride * (len as isize - 1)).min(0);
-        let first = self.ptr.wrapping_offset(lo).cast::<u8>();
-        let skip = first as usize % 64;
-        let lines = (skip + len * std::mem::size_of::<T>()).div_ceil(64);
-        let line = first.wrapping_sub(skip);
-        for k in 0..lines {
-            prefetch(line.wrapping_add(64 * k), cache);
-        }
+    pub(crate) fn prefetch(&self, offset: isize) {
+        prefetch(self.ptr.wrapping_offset(offset))
     }
-}
-
-/// Where a prefetch brings a cache line.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Cache {
-    /// The core's first-level data cache.
-    L1,
-    /// The second-level cache: further ahead, without filling L1's miss buffers.
-    L2,
 }
 
 /// How far ahead of the value being computed the fused kernels ask for the memory they stream
@@ -330,24 +308,21 @@ pub(crate) const AHEAD: usize = 3072;
 #[inline(always)]
 pub(crate) fn prefetch_ahead<T>(s: &[T], i: usize) {
     let step = AHEAD / std::mem::size_of::<T>().max(1);
-    prefetch(s.as_ptr().wrapping_add(i + step), Cache::L1)
+    prefetch(s.as_ptr().wrapping_add(i + step))
 }
 
-/// Asks the CPU to bring the cache line at `p` into `cache` (no effect on other targets).
+/// Asks the CPU to bring the cache line at `p` into L1 (no effect on other targets).
 #[inline(always)]
-fn prefetch<T>(p: *const T, cache: Cache) {
+fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program, so
     // any address is allowed (`p` may lie outside the view: it is made with `wrapping_offset`).
     unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
-        match cache {
-            Cache::L1 => _mm_prefetch::<_MM_HINT_T0>(p as *const i8),
-            Cache::L2 => _mm_prefetch::<_MM_HINT_T1>(p as *const i8),
-        }
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, cache);
+    let _ = p;
 }
 
 /// A writable operand: the address of logical index 0 of a mutable view.

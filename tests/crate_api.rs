@@ -102,9 +102,10 @@ fn same_bits_for_every_layout_and_thread_count() {
 }
 
 /// A Fortran-order matrix is summed in groups of rows, column by column (the transposed
-/// path): whatever the number of rows (one group, groups split evenly, a short last group,
-/// fewer rows than a cache line), and over more than one block of columns, it gives the bits
-/// of C order, for both types, both kinds of target and one or two threads.
+/// path): whatever the number of rows (one group, groups split evenly between threads, a short
+/// last group, fewer rows than a cache line, columns longer than a run), over one block of
+/// columns or more, it gives the bits of C order, for both types, both kinds of target and one
+/// to three threads.
 #[test]
 fn fortran_order_same_bits_for_any_number_of_rows() {
     fn check<T: kldiv::Float + Default>(x: &Array2<T>, t: &Array2<T>, log_target: bool) {
@@ -116,8 +117,8 @@ fn fortran_order_same_bits_for_any_number_of_rows() {
         let got = kl_div_sum(xf.view(), tf.view(), log_target).unwrap();
         assert_eq!(format!("{got:?}"), format!("{want:?}"), "{:?}", x.dim());
     }
-    let cols = 4096 + 40;
-    for rows in [1, 17, 129, 300] {
+    let wide = 4096 + 40; // two blocks a row
+    for (rows, cols) in [(1, wide), (17, wide), (129, wide), (300, wide), (1500, 300)] {
         // Terms of very different sizes, so that the bits depend on which lane adds what.
         let mut x = softmax_rows(rows, cols, 11, true);
         x.indexed_iter_mut()
@@ -125,13 +126,14 @@ fn fortran_order_same_bits_for_any_number_of_rows() {
             .for_each(|(_, v)| *v *= 1e9);
         for log_target in [false, true] {
             let t = softmax_rows(rows, cols, 12, log_target);
-            for threads in [1, 2] {
+            for threads in [1, 2, 3] {
                 kldiv::set_num_threads(threads);
                 check(&x, &t, log_target);
                 check(&x.mapv(|v| v as f32), &t.mapv(|v| v as f32), log_target);
             }
         }
     }
+    kldiv::set_num_threads(0);
 }
 
 #[test]
