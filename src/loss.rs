@@ -404,7 +404,9 @@ impl<T: Float> Kernel for Columns<'_, '_, T> {
 
 impl<T: Float> Columns<'_, '_, T> {
     /// Adds the terms of column `c` to the accumulators of lane `c % LANES`, for each column in
-    /// order, in runs of at most [`run_len`] rows.
+    /// order, in runs of at most [`run_len`] elements: a part of a column, or as many whole
+    /// columns as fit where they lie next to each other in memory (a Fortran-order array, all
+    /// of whose rows the group holds).
     #[inline(always)]
     fn add<const LOG_TARGET: bool>(self) {
         let Columns {
@@ -423,33 +425,40 @@ impl<T: Float> Columns<'_, '_, T> {
         let at = |k: usize, c: usize, r: usize| {
             (r0 + r) as isize * row_steps[k] + c as isize * col_steps[k]
         };
+        let adjacent = (0..2).all(|k| row_steps[k] == 1 && col_steps[k] == nr as isize);
+        let run = run_len::<T>();
+        let (cols_per_run, rows_per_run) = if adjacent && nr <= run {
+            (run / nr, nr)
+        } else {
+            (1, run)
+        };
         // While an element is read, the one AHEAD bytes further on in this task's order (down
-        // the column, then down the next) is asked for: `q` columns and `rem` rows on. When the
-        // group holds whole columns of a Fortran-order array, that is the next AHEAD bytes of
-        // memory, as on the row-by-row path.
+        // the column, then down the next) is asked for: `q` columns and `rem` rows on. Where
+        // the columns lie next to each other, that is the next AHEAD bytes of memory, as on
+        // the row-by-row path (row nr + i of column c is row i of column c + 1).
         let ahead = AHEAD / std::mem::size_of::<T>();
         let (q, rem) = (ahead / nr, ahead % nr);
-        let run = run_len::<T>();
-        for c in cols.clone() {
-            let lane = &mut acc[c % LANES * nr..][..nr];
-            for r in (0..nr).step_by(run) {
-                let len = run.min(nr - r);
-                let xs = x.run(at(0, c, r), row_steps[0], len, tx);
-                let ts = t.run(at(1, c, r), row_steps[1], len, tt);
+        let mut c = cols.start;
+        while c < cols.end {
+            let m = cols_per_run.min(cols.end - c);
+            for r in (0..nr).step_by(rows_per_run) {
+                let len = rows_per_run.min(nr - r);
+                let xs = x.run(at(0, c, r), row_steps[0], m * len, tx);
+                let ts = t.run(at(1, c, r), row_steps[1], m * len, tt);
                 let prefetch = |i: usize| {
-                    let i = r + i + rem;
-                    let (pc, pr) = if i < nr {
-                        (c + q, i)
-                    } else {
-                        (c + q + 1, i - nr)
+                    let (pc, pr) = match r + i + rem {
+                        _ if adjacent => (c, r + i + ahead),
+                        i if i < nr => (c + q, i),
+                        i => (c + q + 1, i - nr),
                     };
                     if pc < cols.end {
                         x.prefetch(at(0, pc, pr));
                         t.prefetch(at(1, pc, pr));
                     }
                 };
-                column_sum::<LOG_TARGET, T>(tr, &mut lane[r..r + len], xs, ts, prefetch);
+                column_sum::<LOG_TARGET, T>(tr, acc, (nr, r, len), c, xs, ts, prefetch);
             }
+            c += m;
         }
     }
 }

@@ -141,22 +141,31 @@ impl<T: Float> Kernel for Sum<'_, T> {
     }
 }
 
-/// `acc[i] += term(x[i], t[i])` for a run of one column of a transposed walk: element `i`
-/// belongs to row `i` of the run, and `acc` holds one lane of each of those rows. `ahead(i)` is
-/// called at the first element `i` of each cache line (see [`transcendental_slice_by`]).
+/// Adds the terms of a span of a transposed walk's columns to their rows' accumulators. `x` and
+/// `t` hold `len` rows (from row `r` of a group of `nr` rows) of each of the columns `c..`,
+/// column after column: whole columns (`len == nr`) or a part of one column. `acc[k * nr + i]`
+/// is the lane of row `i` of the group that the columns `c` with `c % LANES == k` add to, so
+/// the accumulators of whole columns that take consecutive lanes lie one after another, as the
+/// columns do: they are added in one loop. `ahead(i)` is called at the first element `i` of
+/// each cache line (see [`transcendental_slice_by`]).
 #[inline(always)]
 pub(crate) fn column_sum<const LOG_TARGET: bool, T: Float>(
     tr: &mut [T; TILE],
     acc: &mut [f64],
+    (nr, r, len): (usize, usize, usize),
+    c: usize,
     x: &[T],
     t: &[T],
     ahead: impl Fn(usize),
 ) {
+    debug_assert!(x.len() == t.len() && x.len() % len == 0);
+    debug_assert!(len == nr || x.len() == len);
     let tr = &mut tr[..x.len()];
+    let span = (nr, r, len, c);
     if transcendental_slice_by::<LOG_TARGET, T>(t, tr, ahead) {
-        column_sum_by(acc, x, t, tr, add_fast_term::<LOG_TARGET, T>)
+        column_sum_by(acc, span, x, t, tr, add_fast_term::<LOG_TARGET, T>)
     } else {
-        column_sum_by(acc, x, t, tr, add_term::<LOG_TARGET, T>)
+        column_sum_by(acc, span, x, t, tr, add_term::<LOG_TARGET, T>)
     }
 }
 
@@ -164,13 +173,25 @@ pub(crate) fn column_sum<const LOG_TARGET: bool, T: Float>(
 #[inline(always)]
 fn column_sum_by<T: Float>(
     acc: &mut [f64],
+    (nr, r, len, c): (usize, usize, usize, usize),
     x: &[T],
     t: &[T],
     tr: &[T],
     add: impl Fn(f64, T, T, T) -> f64,
 ) {
-    for (((a, &x), &t), &tr) in acc.iter_mut().zip(x).zip(t).zip(tr) {
-        *a = add(*a, x, t, tr);
+    let (mut done, mut col) = (0, c);
+    while done < x.len() {
+        // The columns from `col` up to the end of the lanes (or of the span).
+        let lane = col % LANES;
+        let cols = (LANES - lane).min((x.len() - done) / len);
+        let part = done..done + cols * len;
+        let acc = &mut acc[lane * nr + r..][..part.len()];
+        let terms = x[part.clone()].iter().zip(&t[part.clone()]).zip(&tr[part]);
+        for (a, ((&x, &t), &tr)) in acc.iter_mut().zip(terms) {
+            *a = add(*a, x, t, tr);
+        }
+        done += cols * len;
+        col += cols;
     }
 }
 

@@ -103,27 +103,53 @@ fn same_bits_for_every_layout_and_thread_count() {
 
 /// A Fortran-order matrix is summed in groups of rows, column by column (the transposed
 /// path): whatever the number of rows (one group, groups split evenly between threads, a short
-/// last group, fewer rows than a cache line, columns longer than a run), over one block of
-/// columns or more, it gives the bits of C order, for both types, both kinds of target and one
-/// to three threads.
+/// last group, fewer rows than a cache line, columns longer than a run, many columns in a run),
+/// over one block of columns or more, with its columns next to each other in memory or not
+/// (rows sliced off, or reversed), it gives the bits of C order, for both types, both kinds of
+/// target and one to three threads.
 #[test]
 fn fortran_order_same_bits_for_any_number_of_rows() {
     fn check<T: kldiv::Float + Default>(x: &Array2<T>, t: &Array2<T>, log_target: bool) {
         let want = kl_div_sum(x.view(), t.view(), log_target).unwrap();
-        let mut xf = Array2::<T>::default(x.dim().f());
-        xf.assign(x);
-        let mut tf = Array2::<T>::default(t.dim().f());
-        tf.assign(t);
-        let got = kl_div_sum(xf.view(), tf.view(), log_target).unwrap();
-        assert_eq!(format!("{got:?}"), format!("{want:?}"), "{:?}", x.dim());
+        let want = format!("{want:?}");
+        let (rows, cols) = x.dim();
+        // Fortran order with two spare rows: all rows (columns adjacent), or all but the spare
+        // ones, forwards or backwards (columns apart).
+        let fortran = |a: &Array2<T>| {
+            let mut f = Array2::<T>::default((rows + 2, cols).f());
+            f.slice_mut(s![1..rows + 1, ..]).assign(a);
+            f
+        };
+        let (xf, tf) = (fortran(x), fortran(t));
+        let mut xc = Array2::<T>::default(x.dim().f());
+        xc.assign(x);
+        let mut tc = Array2::<T>::default(t.dim().f());
+        tc.assign(t);
+        let got = kl_div_sum(xc.view(), tc.view(), log_target).unwrap();
+        assert_eq!(format!("{got:?}"), want, "{:?}", x.dim());
+        let (xs, ts) = (xf.slice(s![1..rows + 1, ..]), tf.slice(s![1..rows + 1, ..]));
+        let got = kl_div_sum(xs, ts, log_target).unwrap();
+        assert_eq!(format!("{got:?}"), want, "{:?} sliced", x.dim());
+        let (xr, tr) = (x.slice(s![..;-1, ..]), t.slice(s![..;-1, ..]));
+        let want_r = format!("{:?}", kl_div_sum(xr, tr, log_target).unwrap());
+        let (xs, ts) = (
+            xf.slice(s![1..rows + 1;-1, ..]),
+            tf.slice(s![1..rows + 1;-1, ..]),
+        );
+        let got = kl_div_sum(xs, ts, log_target).unwrap();
+        assert_eq!(format!("{got:?}"), want_r, "{:?} reversed", x.dim());
     }
     let wide = 4096 + 40; // two blocks a row
     for (rows, cols) in [(1, wide), (17, wide), (129, wide), (300, wide), (1500, 300)] {
-        // Terms of very different sizes, so that the bits depend on which lane adds what.
+        // Terms of very different sizes and both signs, so that the bits depend on which lane
+        // adds what (with terms of one sign, the rounding of the total hides that).
         let mut x = softmax_rows(rows, cols, 11, true);
         x.indexed_iter_mut()
-            .filter(|((r, c), _)| (r * 3 + c) % 7 == 0)
-            .for_each(|(_, v)| *v *= 1e9);
+            .for_each(|((r, c), v)| match (r * 3 + c) % 7 {
+                0 => *v *= 1e9,
+                3 => *v *= -1e9,
+                _ => {}
+            });
         for log_target in [false, true] {
             let t = softmax_rows(rows, cols, 12, log_target);
             for threads in [1, 2, 3] {
