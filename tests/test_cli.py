@@ -144,3 +144,17 @@ def test_bench_smoke(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "W1" in r.stdout and "kldiv" in r.stdout
     assert (tmp_path / "b.json").exists()
+
+
+def test_bench_times_w1_in_turns_with_the_workloads_measured_against_it():
+    from kldiv import _bench
+
+    res = _bench.run(["W4", "W8"], threads=1, repeats=1, quick=True, impls=["kldiv"])
+    rows = {(r["workload"], r["impl"]): r for r in res["results"]}
+    assert ("W4", _bench.IN_TURNS_W1) not in rows  # W4's target is not a ratio to W1
+    w1 = rows["W8", _bench.IN_TURNS_W1]
+    x1, _ = _bench.make_inputs(_bench.WORKLOADS["W1"], quick=True)
+    assert w1["elements"] == x1.size
+    assert w1["ns_per_element"] == w1["ns_per_call"] / x1.size
+    assert "W8 takes" in _bench.format_table(res)
+    assert not any("DIFFERS" in n for n in res["notes"])
