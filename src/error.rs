@@ -1,8 +1,8 @@
-//! The error type of every fallible kernel.
+//! The error type of every fallible kernel and control.
 
 use std::fmt;
 
-/// What is wrong with the arguments of a kldiv kernel.
+/// What is wrong with the arguments of a kldiv kernel, or why a call could not finish.
 ///
 /// # Example
 /// ```
@@ -30,8 +30,40 @@ pub enum Error {
         /// The shape of the output view that was given.
         actual: Vec<usize>,
     },
-    /// The logical number of elements does not fit in `usize`.
+    /// The logical number of elements does not fit in `isize`.
     TooLarge,
+    /// Some elements of an output share memory (a stride of 0 on an axis longer than 1, or
+    /// axes whose strides overlap): threads would write them at once.
+    SelfOverlap {
+        /// The output's name (`out`, `grad_input`, ...).
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Its strides, in elements.
+        strides: Vec<isize>,
+    },
+    /// An output shares memory with another operand (judged on the memory ranges they span).
+    Overlap {
+        /// The output's name.
+        output: String,
+        /// The other operand's name.
+        other: String,
+    },
+    /// A kernel needs more scratch memory than could be allocated.
+    OutOfMemory {
+        /// How many bytes it asked for.
+        bytes: usize,
+    },
+    /// More threads were asked for than [`crate::MAX_THREADS`].
+    TooManyThreads {
+        /// The number asked for.
+        requested: usize,
+    },
+    /// The operating system would not start the pool's threads.
+    ThreadStart(String),
+    /// The call was stopped by its interrupt check (see [`crate::with_interrupt`]); outputs
+    /// written so far hold partial results.
+    Interrupted,
 }
 
 impl fmt::Display for Error {
@@ -45,7 +77,33 @@ impl fmt::Display for Error {
                 f,
                 "output has shape {actual:?} but the result has shape {expected:?}"
             ),
-            Error::TooLarge => write!(f, "the broadcast shape has more elements than fit in usize"),
+            Error::TooLarge => write!(f, "the broadcast shape has more elements than fit in isize"),
+            Error::SelfOverlap {
+                name,
+                shape,
+                strides,
+            } => write!(
+                f,
+                "{name} (shape {shape:?}, strides {strides:?} in elements) has elements that \
+                 share memory, or axes whose strides interleave; write to an array whose \
+                 elements are distinct (a new or contiguous one)"
+            ),
+            Error::Overlap { output, other } => write!(
+                f,
+                "{output} overlaps {other} in memory; pass a separate array"
+            ),
+            Error::OutOfMemory { bytes } => write!(
+                f,
+                "kldiv needs {bytes} bytes of scratch memory for this call, more than could be \
+                 allocated"
+            ),
+            Error::TooManyThreads { requested } => write!(
+                f,
+                "{requested} threads asked for; kldiv runs on at most {} threads",
+                crate::MAX_THREADS
+            ),
+            Error::ThreadStart(why) => write!(f, "kldiv could not start its threads: {why}"),
+            Error::Interrupted => write!(f, "the kldiv call was interrupted"),
         }
     }
 }

@@ -10,16 +10,17 @@ use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
 use crate::error::Error;
 use crate::float::Float;
-use crate::loss::{common_shape, divisor, Reduction};
-use crate::parallel::{for_each_block, tree_sum};
+use crate::loss::{checked_len, common_shape, divisor, settle, Reduction};
+use crate::parallel::{for_each_block, for_each_task, tree_sum};
 use crate::reduce::{fold_lanes, sum_terms, Lanes, LANES};
 use crate::simd::{dispatch, Kernel};
 use crate::terms::{fast_term, grad_input_with, grad_target_with, term_with, transcendental_slice};
-use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Tile, Walk, TILE};
+use crate::walk::{for_runs, operands, Dst, In, Out, Src, Tile, Walk, TILE};
 
-/// Both gradients of the loss for an incoming gradient `grad_output`, as PyTorch's autograd
+/// The gradients of the loss for an incoming gradient `grad_output`, as PyTorch's autograd
 /// computes them: `grad_input = d/dx`, `grad_target = d/dt`, each `grad_output / divisor`
 /// times the elementwise derivative (see [`crate::grad_input`], [`crate::grad_target`]).
+/// Either output may be `None` (that gradient is not computed).
 ///
 /// `grad_output` broadcasts to the loss's shape (a 0-d view for a reduced loss), and `divisor`
 /// is the reduction's (1 for sum and none, the element count for mean, `input.shape()[0]` for
@@ -28,18 +29,22 @@ use crate::walk::{broadcast_shape, broadcast_strides, for_runs, Dst, Src, Tile, 
 ///
 /// # Errors
 /// [`Error::Broadcast`] for inputs that do not broadcast, [`Error::OutputShape`] for an output
-/// or a `grad_output` that does not fit the loss's shape.
+/// or a `grad_output` that does not fit the loss's shape, and as [`crate::kl_div_terms_into`].
 ///
 /// # Example
 /// ```
-/// use ndarray::{arr0, array, Array1};
+/// use ndarray::{arr0, array, Array1, ArrayViewMut1};
 /// let x = array![-1.0_f64, -2.0];
 /// let t = array![0.25_f64, 0.75];
 /// let (mut gx, mut gt) = (Array1::zeros(2), Array1::zeros(2));
 /// // batchmean over 2 rows, d(loss)/d(loss) = 1
-/// kldiv::kl_div_backward_into(arr0(1.0).view(), 2.0, x.view(), t.view(), gx.view_mut(), gt.view_mut(), false)
-///     .unwrap();
+/// let g = arr0(1.0);
+/// kldiv::kl_div_backward_into(g.view(), 2.0, x.view(), t.view(), Some(gx.view_mut()),
+///     Some(gt.view_mut()), false).unwrap();
 /// assert_eq!(gx, array![-0.125, -0.375]);
+/// // the input's gradient alone
+/// kldiv::kl_div_backward_into(g.view(), 2.0, x.view(), t.view(), Some(gx.view_mut()),
+///     None::<ArrayViewMut1<f64>>, false).unwrap();
 /// ```
 #[allow(clippy::too_many_arguments)]
 pub fn kl_div_backward_into<T, D0, D1, D2, D3, D4>(
@@ -47,8 +52,8 @@ pub fn kl_div_backward_into<T, D0, D1, D2, D3, D4>(
     divisor: f64,
     input: ArrayView<'_, T, D1>,
     target: ArrayView<'_, T, D2>,
-    mut grad_input: ArrayViewMut<'_, T, D3>,
-    mut grad_target: ArrayViewMut<'_, T, D4>,
+    grad_input: Option<ArrayViewMut<'_, T, D3>>,
+    grad_target: Option<ArrayViewMut<'_, T, D4>>,
     log_target: bool,
 ) -> Result<(), Error>
 where
@@ -60,61 +65,65 @@ where
     D4: Dimension,
 {
     let shape = common_shape(input.shape(), target.shape())?;
-    if broadcast_shape(grad_output.shape(), &shape).as_deref() != Some(shape.as_slice()) {
-        return Err(Error::OutputShape {
-            expected: shape,
-            actual: grad_output.shape().to_vec(),
-        });
-    }
-    check_output(&shape, grad_input.shape())?;
-    check_output(&shape, grad_target.shape())?;
-    let walk = Walk::new(
-        &shape,
+    let ins = || {
         [
-            &broadcast_strides(grad_output.shape(), grad_output.strides(), &shape),
-            &broadcast_strides(input.shape(), input.strides(), &shape),
-            &broadcast_strides(target.shape(), target.strides(), &shape),
-            grad_input.strides(),
-            grad_target.strides(),
-        ],
-    )?;
-    // SAFETY: the pointers address logical index 0 of views borrowed for this call, `walk` was
-    // built from their (broadcast) shapes and strides, and each block owns its logical indices.
-    let (srcs, dsts) = unsafe {
-        (
-            [
-                Src::new(grad_output.as_ptr()),
-                Src::new(input.as_ptr()),
-                Src::new(target.as_ptr()),
-            ],
-            [
-                Dst::new(grad_input.as_mut_ptr()),
-                Dst::new(grad_target.as_mut_ptr()),
-            ],
-        )
+            In::new(&grad_output, "grad_output"),
+            In::new(&input, "input"),
+            In::new(&target, "target"),
+        ]
     };
+    let each = |walk: &Walk<_>, srcs, dsts, which| {
+        backward_walk(walk, srcs, dsts, which, divisor, log_target)
+    };
+    match (grad_input, grad_target) {
+        (Some(mut gx), Some(mut gt)) => {
+            let outs = [
+                Out::new(&mut gx, "grad_input"),
+                Out::new(&mut gt, "grad_target"),
+            ];
+            let (walk, srcs, dsts) = operands::<T, 5, 3, 2>(&shape, ins(), outs)?;
+            backward_walk(&walk, srcs, dsts, (true, true), divisor, log_target)
+        }
+        (Some(mut gx), None) => {
+            let outs = [Out::new(&mut gx, "grad_input")];
+            let (walk, srcs, dsts) = operands::<T, 4, 3, 1>(&shape, ins(), outs)?;
+            each(&walk, srcs, dsts, (true, false))
+        }
+        (None, Some(mut gt)) => {
+            let outs = [Out::new(&mut gt, "grad_target")];
+            let (walk, srcs, dsts) = operands::<T, 4, 3, 1>(&shape, ins(), outs)?;
+            each(&walk, srcs, dsts, (false, true))
+        }
+        (None, None) => operands::<T, 3, 3, 0>(&shape, ins(), []).map(|_| ()),
+    }
+}
+
+/// The gradients of [`kl_div_backward_into`] over a walk whose outputs are `dsts`: the input's,
+/// the target's, or both, as `(gx, gt)` says.
+fn backward_walk<T: Float, const K: usize, const W: usize>(
+    walk: &Walk<K>,
+    srcs: [Src<'_, T>; 3],
+    dsts: [Dst<'_, T>; W],
+    (gx, gt): (bool, bool),
+    divisor: f64,
+    log_target: bool,
+) -> Result<(), Error> {
     let blocks = walk.blocks();
-    let each = |b: usize| {
-        for_runs(
-            &walk,
-            blocks.range(b),
-            &srcs,
-            &dsts,
-            |_, [g, x, t], [gx, gt]| {
-                dispatch(Backward {
-                    g,
-                    divisor,
-                    x,
-                    t,
-                    gx,
-                    gt,
-                    log_target,
-                })
-            },
-        )
-    };
-    for_each_block(blocks, each);
-    Ok(())
+    for_each_task(blocks.len(), blocks.count(), |b, tr: &mut Tile<T>| {
+        for_runs(walk, blocks.range(b), &srcs, &dsts, |_, [g, x, t], outs| {
+            let mut outs = outs.into_iter();
+            dispatch(Backward {
+                g,
+                divisor,
+                x,
+                t,
+                gx: gx.then(|| outs.next()).flatten(),
+                gt: gt.then(|| outs.next()).flatten(),
+                tr: &mut tr.0,
+                log_target,
+            })
+        })
+    })
 }
 
 /// The reduced loss and its gradient with respect to `input` (for an incoming gradient of 1),
@@ -172,7 +181,14 @@ pub fn kl_div_and_grad<T: Float, D1: Dimension, D2: Dimension>(
     log_target: bool,
 ) -> Result<(T, ArrayD<T>), Error> {
     let shape = common_shape(input.shape(), target.shape())?;
-    let mut grad = ArrayD::from_elem(IxDyn(&shape), T::default());
+    let len = checked_len(&shape)?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(len)
+        .map_err(|_| Error::OutOfMemory {
+            bytes: len.saturating_mul(std::mem::size_of::<T>()),
+        })?;
+    data.resize(len, T::default());
+    let mut grad = ArrayD::from_shape_vec(IxDyn(&shape), data).expect("len elements");
     let loss = kl_div_and_grad_into(input, target, reduction, grad.view_mut(), log_target)?;
     Ok((loss, grad))
 }
@@ -208,27 +224,14 @@ where
     D4: Dimension,
 {
     let shape = common_shape(input.shape(), target.shape())?;
-    check_output(&shape, loss.shape())?;
-    check_output(&shape, grad_input.shape())?;
-    let walk = Walk::new(
+    let (walk, srcs, dsts) = operands::<T, 4, 2, 2>(
         &shape,
+        [In::new(&input, "input"), In::new(&target, "target")],
         [
-            &broadcast_strides(input.shape(), input.strides(), &shape),
-            &broadcast_strides(target.shape(), target.strides(), &shape),
-            loss.strides(),
-            grad_input.strides(),
+            Out::new(&mut loss, "loss"),
+            Out::new(&mut grad_input, "grad_input"),
         ],
     )?;
-    // SAFETY: as in `kl_div_backward_into`.
-    let (srcs, dsts) = unsafe {
-        (
-            [Src::new(input.as_ptr()), Src::new(target.as_ptr())],
-            [
-                Dst::new(loss.as_mut_ptr()),
-                Dst::new(grad_input.as_mut_ptr()),
-            ],
-        )
-    };
     let blocks = walk.blocks();
     for_each_block(blocks, |b| {
         for_runs(
@@ -246,8 +249,7 @@ where
                 })
             },
         )
-    });
-    Ok(())
+    })
 }
 
 /// The `f64` sum of the terms, with `grad_input` written as `grad_input(1 / divisor, t)`.
@@ -259,25 +261,14 @@ pub(crate) fn fused_sum<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
     log_target: bool,
 ) -> Result<f64, Error> {
     let shape = common_shape(input.shape(), target.shape())?;
-    check_output(&shape, grad_input.shape())?;
-    let walk = Walk::new(
+    let (walk, srcs, dsts) = operands::<T, 3, 2, 1>(
         &shape,
-        [
-            &broadcast_strides(input.shape(), input.strides(), &shape),
-            &broadcast_strides(target.shape(), target.strides(), &shape),
-            grad_input.strides(),
-        ],
+        [In::new(&input, "input"), In::new(&target, "target")],
+        [Out::new(&mut grad_input, "grad_input")],
     )?;
-    // SAFETY: as in `kl_div_backward_into`.
-    let (srcs, dsts) = unsafe {
-        (
-            [Src::new(input.as_ptr()), Src::new(target.as_ptr())],
-            [Dst::new(grad_input.as_mut_ptr())],
-        )
-    };
     let g = 1.0 / divisor;
     let blocks = walk.blocks();
-    Ok(f64::from_f64(tree_sum(blocks, |b, tr: &mut Tile<T>| {
+    let sum = tree_sum(blocks, |b, tr: &mut Tile<T>| {
         let mut acc = [0.0; LANES];
         for_runs(
             &walk,
@@ -298,44 +289,56 @@ pub(crate) fn fused_sum<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
             },
         );
         fold_lanes(&acc)
-    })))
-}
-
-fn check_output(shape: &[usize], actual: &[usize]) -> Result<(), Error> {
-    if actual == shape {
-        Ok(())
-    } else {
-        Err(Error::OutputShape {
-            expected: shape.to_vec(),
-            actual: actual.to_vec(),
-        })
-    }
+    })?;
+    // The sum again over the inputs alone, if it did not come out finite.
+    let [x, t] = srcs;
+    let (walk2, ..) = operands::<T, 2, 2, 0>(
+        &shape,
+        [In::new(&input, "input"), In::new(&target, "target")],
+        [],
+    )?;
+    settle(sum, &walk2, x, t, log_target)
 }
 
 #[inline(always)]
 fn backward_slice<const LOG_TARGET: bool, T: Float>(k: Backward<'_, T>) {
-    // The transcendentals first, in place in `gt` (T's full SIMD width), then the rest.
-    transcendental_slice::<LOG_TARGET, T>(k.t, k.gt, &[k.x, k.t, k.g]);
-    let it =
-        k.x.iter()
-            .zip(k.t)
-            .zip(k.g)
-            .zip(k.gx.iter_mut().zip(k.gt.iter_mut()));
-    for (((&x, &t), &g), (gx, gt)) in it {
-        let (g, tr) = (g.to_f64() / k.divisor, *gt);
-        *gx = T::from_f64(grad_input_with::<LOG_TARGET, T>(g, t, tr));
-        *gt = T::from_f64(grad_target_with::<LOG_TARGET, T>(g, x, t, tr));
+    let n = k.t.len();
+    let tr = &mut k.tr[..n];
+    // The transcendentals first (T's full SIMD width), where a gradient needs them.
+    if LOG_TARGET || k.gt.is_some() {
+        transcendental_slice::<LOG_TARGET, T>(k.t, tr, &[k.x, k.t, k.g]);
+    }
+    let g = |i: usize| k.g[i].to_f64() / k.divisor;
+    let gx = |i: usize| T::from_f64(grad_input_with::<LOG_TARGET, T>(g(i), k.t[i], tr[i]));
+    let gt = |i: usize| {
+        T::from_f64(grad_target_with::<LOG_TARGET, T>(
+            g(i),
+            k.x[i],
+            k.t[i],
+            tr[i],
+        ))
+    };
+    match (k.gx, k.gt) {
+        (Some(out_x), Some(out_t)) => {
+            for (i, (ox, ot)) in out_x.iter_mut().zip(out_t.iter_mut()).enumerate() {
+                (*ox, *ot) = (gx(i), gt(i));
+            }
+        }
+        (Some(out_x), None) => out_x.iter_mut().enumerate().for_each(|(i, o)| *o = gx(i)),
+        (None, Some(out_t)) => out_t.iter_mut().enumerate().for_each(|(i, o)| *o = gt(i)),
+        (None, None) => {}
     }
 }
 
-/// Both gradients of a run, for `grad_output / divisor`.
+/// The gradients of a run for `grad_output / divisor`: the input's and/or the target's.
 struct Backward<'a, T> {
     g: &'a [T],
     divisor: f64,
     x: &'a [T],
     t: &'a [T],
-    gx: &'a mut [T],
-    gt: &'a mut [T],
+    gx: Option<&'a mut [T]>,
+    gt: Option<&'a mut [T]>,
+    tr: &'a mut [T; TILE],
     log_target: bool,
 }
 

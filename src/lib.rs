@@ -50,6 +50,6 @@ pub use grad::{
     kl_div_and_grad, kl_div_and_grad_into, kl_div_backward_into, kl_div_terms_and_grad_into,
 };
 pub use loss::{kl_div, kl_div_sum, kl_div_terms, kl_div_terms_into, Reduction};
-pub use parallel::{get_num_threads, set_num_threads};
+pub use parallel::{get_num_threads, set_num_threads, with_interrupt, MAX_THREADS};
 pub use simd::{detected_simd_level, set_simd_level, simd_level, SimdLevel};
 pub use terms::{grad_input, grad_target, term};

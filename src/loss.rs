@@ -8,11 +8,12 @@ use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 use crate::error::Error;
 use crate::float::Float;
 use crate::parallel::{for_each_block, threads_for, tree_sum, tree_sum_by, Blocks, BLOCK};
-use crate::reduce::{column_sum, fold_lanes, Sum, SumGiven, LANES};
-use crate::simd::{dispatch, Kernel};
+use crate::reduce::{column_sum, fold_lanes, ScaledSum, Sum, SumGiven, LANES, SCALE};
+use crate::simd::{dispatch, with_default_fp, Kernel};
 use crate::terms::{TargetFactor, Terms};
 use crate::walk::{
-    broadcast_shape, broadcast_strides, for_runs, run_len, Dst, Src, Tile, Walk, AHEAD, TILE,
+    broadcast_shape, broadcast_strides, for_runs, operands, run_len, Dst, In, Out, Src, Tile, Walk,
+    AHEAD, TILE,
 };
 
 /// How the loss terms are reduced to one number (PyTorch's `reduction` argument, less `"none"`,
@@ -32,11 +33,15 @@ pub enum Reduction {
 /// The sum of the loss terms of `input` (log-probabilities) and `target` (probabilities, or
 /// log-probabilities if `log_target`), broadcast together, accumulated in `f64`.
 ///
-/// The result is bit-identical for every thread count and memory layout.
+/// The result is bit-identical for every thread count and memory layout. Where the terms are
+/// all finite, it is their sum whatever the order (an `f64` sum of `f64` terms near ±1e308
+/// does not overflow halfway); otherwise it is NaN if a term is NaN or terms of both infinite
+/// signs occur, else that infinity.
 ///
 /// # Errors
 /// [`Error::Broadcast`] if the shapes do not broadcast; [`Error::TooLarge`] if the broadcast
-/// shape has more than `isize::MAX` elements.
+/// shape has more than `isize::MAX` elements; [`Error::OutOfMemory`] or
+/// [`Error::Interrupted`] (see [`crate::with_interrupt`]).
 ///
 /// # Example
 /// ```
@@ -53,25 +58,54 @@ pub fn kl_div_sum<T: Float, D1: Dimension, D2: Dimension>(
     log_target: bool,
 ) -> Result<f64, Error> {
     let shape = common_shape(input.shape(), target.shape())?;
-    let walk = Walk::new(
+    let (walk, [x, t], []) = operands::<T, 2, 2, 0>(
         &shape,
-        [
-            &broadcast_strides(input.shape(), input.strides(), &shape),
-            &broadcast_strides(target.shape(), target.strides(), &shape),
-        ],
+        [In::new(&input, "input"), In::new(&target, "target")],
+        [],
     )?;
-    // SAFETY: both pointers address logical index 0 of views borrowed for this call, and
-    // `walk` was built from those views' shapes and strides broadcast to `shape`.
-    let (x, t) = unsafe { (Src::new(input.as_ptr()), Src::new(target.as_ptr())) };
     let len = walk.blocks().len();
-    let sum = if target.len() <= BROADCAST_MAX && target.len() * BROADCAST_REUSE <= len {
-        sum_broadcast_target(&shape, input, target, log_target)
-            .unwrap_or_else(|| sum_walk(&walk, x, t, log_target))
-    } else {
-        sum_walk(&walk, x, t, log_target)
+    let broadcast = target.len() <= BROADCAST_MAX && target.len() * BROADCAST_REUSE <= len;
+    let sum = match broadcast {
+        true => sum_broadcast_target(&shape, &input, &target, log_target)?,
+        false => None,
     };
-    // One NaN for every NaN sum (see `Float::from_f64`).
-    Ok(f64::from_f64(sum))
+    let sum = match sum {
+        Some(sum) => sum,
+        None => sum_walk(&walk, x, t, log_target)?,
+    };
+    settle(sum, &walk, x, t, log_target)
+}
+
+/// `sum` if it is finite, else the sum again with every term scaled by [`SCALE`] (exactly, by a
+/// power of 2), so that no partial sum of finite terms overflows: then only NaN or infinite
+/// terms make the result NaN or infinite, as in an exact sum. One NaN for every NaN sum (see
+/// `Float::from_f64`).
+pub(crate) fn settle<T: Float>(
+    sum: f64,
+    walk: &Walk<2>,
+    x: Src<'_, T>,
+    t: Src<'_, T>,
+    log_target: bool,
+) -> Result<f64, Error> {
+    if sum.is_finite() {
+        return Ok(sum);
+    }
+    let blocks = walk.blocks();
+    let scaled = tree_sum(blocks, |b, tr: &mut Tile<T>| {
+        let mut acc = [0.0; LANES];
+        for_runs(walk, blocks.range(b), &[x, t], &[], |first, [x, t], []| {
+            dispatch(ScaledSum {
+                tr: &mut tr.0,
+                acc: &mut acc,
+                first,
+                x,
+                t,
+                log_target,
+            })
+        });
+        fold_lanes(&acc)
+    })?;
+    Ok(f64::from_f64(scaled / SCALE))
 }
 
 /// A target with at most this many elements, broadcast over at least [`BROADCAST_REUSE`]
@@ -86,49 +120,50 @@ const BROADCAST_REUSE: usize = 4;
 /// `None` for a transposed walk (left to [`sum_walk`]).
 fn sum_broadcast_target<T: Float, D1: Dimension, D2: Dimension>(
     shape: &[usize],
-    input: ArrayView<'_, T, D1>,
-    target: ArrayView<'_, T, D2>,
+    input: &ArrayView<'_, T, D1>,
+    target: &ArrayView<'_, T, D2>,
     log_target: bool,
-) -> Option<f64> {
+) -> Result<Option<f64>, Error> {
     let target = target.as_standard_layout();
+    let target = target.view();
+    // The factors are laid out as the standard-layout target: the walk over all three would be
+    // transposed exactly when this one is.
     let t_strides = broadcast_strides(target.shape(), target.strides(), shape);
-    let walk3 = Walk::<3>::new(
-        shape,
-        [
-            &broadcast_strides(input.shape(), input.strides(), shape),
-            &t_strides,
-            &t_strides, // `tr` is laid out as the standard-layout target
-        ],
-    )
-    .expect("the shapes and strides of a walk already built");
-    if walk3.transposed().is_some() {
-        return None;
+    let x_strides = broadcast_strides(input.shape(), input.strides(), shape);
+    if Walk::<3>::new(shape, [&x_strides, &t_strides, &t_strides])?
+        .transposed()
+        .is_some()
+    {
+        return Ok(None);
     }
     let t_slice = target
         .as_slice()
         .expect("a standard-layout array is contiguous");
     let mut factors = vec![T::default(); t_slice.len()];
     // Whether the shortcut term applies to the whole target, so to every run of it.
-    let fast = dispatch(TargetFactor {
-        t: t_slice,
-        out: &mut factors,
-        log_target,
+    let fast = with_default_fp(|| {
+        dispatch(TargetFactor {
+            t: t_slice,
+            out: &mut factors,
+            log_target,
+        })
     });
-    // SAFETY: the pointers address logical index 0 of `input`, the standard-layout `target`
-    // and `factors` (laid out as that target), all alive for this call, and `walk3` was built from
-    // their shapes and strides broadcast to `shape`.
-    let (x, t, tr) = unsafe {
-        (
-            Src::new(input.as_ptr()),
-            Src::new(target.as_ptr()),
-            Src::new(factors.as_ptr()),
-        )
-    };
-    let blocks = walk3.blocks();
-    Some(tree_sum(blocks, |b, _: &mut ()| {
+    let factors = ArrayView::from_shape(target.raw_dim(), &factors)
+        .expect("the factors have the target's shape");
+    let (walk, [x, t, tr], []) = operands::<T, 3, 3, 0>(
+        shape,
+        [
+            In::new(input, "input"),
+            In::new(&target, "target"),
+            In::new(&factors, "target"),
+        ],
+        [],
+    )?;
+    let blocks = walk.blocks();
+    let sum = tree_sum(blocks, |b, _: &mut ()| {
         let mut acc = [0.0; LANES];
         for_runs(
-            &walk3,
+            &walk,
             blocks.range(b),
             &[x, t, tr],
             &[],
@@ -145,7 +180,8 @@ fn sum_broadcast_target<T: Float, D1: Dimension, D2: Dimension>(
             },
         );
         fold_lanes(&acc)
-    }))
+    })?;
+    Ok(Some(sum))
 }
 
 /// The reduced loss, PyTorch's `kl_div(input, target, reduction, log_target)`, rounded once to
@@ -175,10 +211,12 @@ pub fn kl_div<T: Float, D1: Dimension, D2: Dimension>(
 }
 
 /// Writes the unreduced loss terms (PyTorch's `reduction="none"`) into `out`, whose shape must
-/// be the broadcast shape of `input` and `target`; `out` may have any strides.
+/// be the broadcast shape of `input` and `target`; `out` may have any strides that keep its
+/// elements distinct.
 ///
 /// # Errors
-/// [`Error::Broadcast`], or [`Error::OutputShape`] if `out` has another shape.
+/// [`Error::Broadcast`], [`Error::OutputShape`] if `out` has another shape, and as
+/// [`kl_div_sum`].
 ///
 /// # Example
 /// ```
@@ -196,32 +234,12 @@ pub fn kl_div_terms_into<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
     log_target: bool,
 ) -> Result<(), Error> {
     let shape = common_shape(input.shape(), target.shape())?;
-    if out.shape() != shape.as_slice() {
-        return Err(Error::OutputShape {
-            expected: shape,
-            actual: out.shape().to_vec(),
-        });
-    }
-    let walk = Walk::new(
+    let (walk, [x, t], [o]) = operands::<T, 3, 2, 1>(
         &shape,
-        [
-            &broadcast_strides(input.shape(), input.strides(), &shape),
-            &broadcast_strides(target.shape(), target.strides(), &shape),
-            out.strides(),
-        ],
+        [In::new(&input, "input"), In::new(&target, "target")],
+        [Out::new(&mut out, "out")],
     )?;
-    // SAFETY: the pointers address logical index 0 of views borrowed for this call, `walk`
-    // was built from their shapes and strides, and `for_each_block` hands each logical index
-    // to exactly one block, so no two threads write the same element of `out`.
-    let (x, t, o) = unsafe {
-        (
-            Src::new(input.as_ptr()),
-            Src::new(target.as_ptr()),
-            Dst::new(out.as_mut_ptr()),
-        )
-    };
-    terms_walk(&walk, x, t, o, log_target);
-    Ok(())
+    terms_walk(&walk, x, t, o, log_target)
 }
 
 /// The unreduced loss terms in a new C-ordered array of the broadcast shape.
@@ -243,13 +261,24 @@ pub fn kl_div_terms<T: Float, D1: Dimension, D2: Dimension>(
     log_target: bool,
 ) -> Result<ArrayD<T>, Error> {
     let shape = common_shape(input.shape(), target.shape())?;
-    let mut out = ArrayD::from_elem(IxDyn(&shape), T::default());
+    let len = checked_len(&shape)?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(len)
+        .map_err(|_| Error::OutOfMemory {
+            bytes: len.saturating_mul(std::mem::size_of::<T>()),
+        })?;
+    data.resize(len, T::default());
+    let mut out = ArrayD::from_shape_vec(IxDyn(&shape), data).expect("len elements");
     kl_div_terms_into(input, target, out.view_mut(), log_target)?;
     Ok(out)
 }
 
 /// What a reduction divides the sum by: 1, the number of terms, or `input`'s first dimension
 /// (1 for a 0-d input).
+///
+/// # Errors
+/// [`Error::Broadcast`], or [`Error::TooLarge`] when the number of terms does not fit in
+/// `isize` (as for the kernels).
 pub(crate) fn divisor(
     reduction: Reduction,
     input: &[usize],
@@ -257,9 +286,18 @@ pub(crate) fn divisor(
 ) -> Result<f64, Error> {
     Ok(match reduction {
         Reduction::Sum => 1.0,
-        Reduction::Mean => common_shape(input, target)?.iter().product::<usize>() as f64,
+        Reduction::Mean => checked_len(&common_shape(input, target)?)? as f64,
         Reduction::BatchMean => input.first().map_or(1.0, |&n| n as f64),
     })
+}
+
+/// The number of elements of `shape`, if it fits in `isize` (as the kernels need).
+pub(crate) fn checked_len(shape: &[usize]) -> Result<usize, Error> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= isize::MAX as usize)
+        .ok_or(Error::TooLarge)
 }
 
 /// The broadcast shape, or the error naming both shapes.
@@ -270,7 +308,12 @@ pub(crate) fn common_shape(input: &[usize], target: &[usize]) -> Result<Vec<usiz
     })
 }
 
-fn sum_walk<T: Float>(walk: &Walk<2>, x: Src<'_, T>, t: Src<'_, T>, log_target: bool) -> f64 {
+fn sum_walk<T: Float>(
+    walk: &Walk<2>,
+    x: Src<'_, T>,
+    t: Src<'_, T>,
+    log_target: bool,
+) -> Result<f64, Error> {
     let blocks = walk.blocks();
     if let Some((rows, row_steps, col_steps)) = walk.transposed() {
         return sum_transposed(blocks, rows, (row_steps, col_steps), [x, t], log_target);
@@ -328,7 +371,7 @@ fn sum_transposed<T: Float>(
     (row_steps, col_steps): ([isize; 2], [isize; 2]),
     [x, t]: [Src<'_, T>; 2],
     log_target: bool,
-) -> f64 {
+) -> Result<f64, Error> {
     let row = blocks.row();
     let per_row = row.div_ceil(BLOCK);
     let group = group_rows(rows, per_row, threads_for(blocks.len()));
@@ -469,7 +512,7 @@ fn terms_walk<T: Float>(
     t: Src<'_, T>,
     out: Dst<'_, T>,
     log_target: bool,
-) {
+) -> Result<(), Error> {
     let blocks = walk.blocks();
     for_each_block(blocks, |b| {
         for_runs(
@@ -486,5 +529,5 @@ fn terms_walk<T: Float>(
                 })
             },
         );
-    });
+    })
 }

@@ -8,24 +8,44 @@
 //! started, see [`run_with_helpers`]), each block's sum is stored in its own slot, and the
 //! slots are combined by a fixed pairwise tree over block indices: who computed a block never
 //! changes the bits. Inputs smaller than [`PARALLEL_MIN`] run on the calling thread alone.
+//!
+//! Every thread runs its share in the floating-point environment the kernels assume
+//! ([`crate::simd::with_default_fp`]), and the calling thread polls the check that
+//! [`with_interrupt`] installs between its claims, so that a long call can be stopped.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-/// Logical elements per block (a multiple of [`crate::reduce::LANES`]).
-pub(crate) const BLOCK: usize = 4096;
+use crate::error::Error;
+use crate::simd::with_default_fp;
+
+/// Logical elements per block (a multiple of [`crate::reduce::LANES`]). Smaller under Miri, so
+/// that its tests reach many blocks and several threads with small arrays.
+pub(crate) const BLOCK: usize = if cfg!(miri) { 64 } else { 4096 };
 /// Below this many elements a kernel stays on the calling thread.
-pub(crate) const PARALLEL_MIN: usize = 1 << 16;
+pub(crate) const PARALLEL_MIN: usize = if cfg!(miri) { 512 } else { 1 << 16 };
 /// Canonical rows are at least this long (unless the whole shape is shorter).
 pub(crate) const ROW_MIN: usize = 256;
 /// The most elements a thread claims at a time (in whole tasks; fewer for small inputs, so
 /// that each thread gets about [`CLAIMS_PER_THREAD`] claims or more). Each claim is an atomic
-/// add on a counter all threads share. Measured with 2 threads on 1e7 f32 elements: claims of
-/// 4 blocks of 1000 elements ran at 0.57 ns/element, of 2^14 elements at 0.44-0.50, of 2^16 at
-/// 0.39-0.42 (one thread: 0.72); rows of 10,000 gained less (0.37 -> 0.36).
-const CHUNK: usize = 1 << 16;
+/// add on a counter all threads share; claims of 2^16 elements ran 1e7 f32 elements about 20%
+/// faster on 2 threads than claims of 4 blocks of 1000.
+const CHUNK: usize = if cfg!(miri) { 128 } else { 1 << 16 };
 /// See [`CHUNK`].
 const CLAIMS_PER_THREAD: usize = 8;
+/// How often the calling thread of a long call runs the check of [`with_interrupt`].
+const POLL: Duration = Duration::from_millis(100);
+
+/// The most threads kldiv runs on: [`set_num_threads`] refuses more, and a larger
+/// `KLDIV_NUM_THREADS` is ignored.
+///
+/// # Example
+/// ```
+/// assert!(kldiv::set_num_threads(kldiv::MAX_THREADS + 1).is_err());
+/// ```
+pub const MAX_THREADS: usize = 1024;
 
 /// kldiv's threads: the caller plus `n - 1` pool workers (no pool for `n == 1`), started by
 /// process `pid`.
@@ -38,64 +58,96 @@ struct Threads {
 
 static THREADS: Mutex<Option<Threads>> = Mutex::new(None);
 
+/// The lock on [`THREADS`]. A `fork` never copies it locked (see [`fork`]).
+fn lock() -> MutexGuard<'static, Option<Threads>> {
+    fork::register();
+    THREADS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `KLDIV_NUM_THREADS` if it holds an integer from 1 to [`MAX_THREADS`], else the number of
+/// CPUs (at most [`MAX_THREADS`]).
 fn default_threads() -> usize {
     std::env::var("KLDIV_NUM_THREADS")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .filter(|n| (1..=MAX_THREADS).contains(n))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS))
+        })
 }
 
-fn build(n: usize) -> Threads {
-    let workers = (n > 1).then(|| {
+fn build(n: usize) -> Result<Threads, Error> {
+    let workers = if n > 1 {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(n - 1)
             .thread_name(|i| format!("kldiv-{i}"))
             .build()
-            .expect("kldiv: cannot start worker threads");
-        Arc::new(pool)
-    });
-    Threads {
+            .map_err(|e| Error::ThreadStart(e.to_string()))?;
+        Some(Arc::new(pool))
+    } else {
+        None
+    };
+    Ok(Threads {
         n,
         workers,
+        pid: std::process::id(),
+    })
+}
+
+/// The current threads, started if need be. A child made by `fork` (Python's multiprocessing)
+/// inherits the pool but not its worker threads: waiting on them would hang forever, so a
+/// child starts its own pool (and leaks the parent's, whose threads do not exist here). A
+/// default pool that cannot start runs kernels on the calling thread alone.
+fn current(guard: &mut Option<Threads>) -> &Threads {
+    let inherited = guard.as_ref().filter(|t| t.pid != std::process::id());
+    if let Some(n) = inherited.map(|t| t.n) {
+        std::mem::forget(guard.take());
+        *guard = Some(build(n).unwrap_or_else(|_| alone()));
+    }
+    guard.get_or_insert_with(|| build(default_threads()).unwrap_or_else(|_| alone()))
+}
+
+/// The calling thread alone.
+fn alone() -> Threads {
+    Threads {
+        n: 1,
+        workers: None,
         pid: std::process::id(),
     }
 }
 
-/// The current threads. A child made by `fork` (Python's multiprocessing) inherits the pool
-/// but not its worker threads: waiting on them would hang forever, so a child starts its own
-/// pool (and leaks the parent's, whose threads do not exist here).
 fn threads() -> Threads {
-    let mut guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(inherited) = guard.as_ref().filter(|t| t.pid != std::process::id()) {
-        let n = inherited.n;
-        std::mem::forget(guard.take());
-        *guard = Some(build(n));
-    }
-    guard
-        .get_or_insert_with(|| build(default_threads()))
-        .clone()
+    current(&mut lock()).clone()
 }
 
 /// Sets the number of threads kldiv's kernels use: the calling thread plus `n - 1` workers of
 /// kldiv's own pool, shared by all callers.
 ///
-/// The default is the `KLDIV_NUM_THREADS` environment variable if it holds a positive integer,
-/// else the number of CPUs. `n = 0` restores that default. Results do not depend on it.
+/// The default is the `KLDIV_NUM_THREADS` environment variable if it holds an integer from 1
+/// to [`MAX_THREADS`], else the number of CPUs. `n = 0` restores that default. Results do not
+/// depend on it.
+///
+/// # Errors
+/// [`Error::TooManyThreads`] above [`MAX_THREADS`]; [`Error::ThreadStart`] if the operating
+/// system does not start the threads (the pool is then left as it was).
 ///
 /// # Example
 /// ```
-/// kldiv::set_num_threads(2);
+/// kldiv::set_num_threads(2).unwrap();
 /// assert_eq!(kldiv::get_num_threads(), 2);
-/// kldiv::set_num_threads(0); // back to the default
+/// kldiv::set_num_threads(0).unwrap(); // back to the default
 /// ```
-pub fn set_num_threads(n: usize) {
-    let n = if n == 0 { default_threads() } else { n };
-    let current = threads();
-    let mut guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
-    if current.n != n {
-        *guard = Some(build(n));
+pub fn set_num_threads(n: usize) -> Result<(), Error> {
+    if n > MAX_THREADS {
+        return Err(Error::TooManyThreads { requested: n });
     }
+    let n = if n == 0 { default_threads() } else { n };
+    // One lock for the read and the write: concurrent callers each see the other's pool.
+    let mut guard = lock();
+    if current(&mut guard).n != n {
+        *guard = Some(build(n)?);
+    }
+    Ok(())
 }
 
 /// The number of threads kldiv's kernels use.
@@ -106,6 +158,136 @@ pub fn set_num_threads(n: usize) {
 /// ```
 pub fn get_num_threads() -> usize {
     threads().n
+}
+
+/// Keeps [`THREADS`] consistent across `fork`: the forking thread takes the lock before the
+/// fork and releases it after, in the parent and in the child, so that the child never
+/// inherits it locked by a thread that does not exist there (its next kernel call would wait
+/// forever).
+#[cfg(all(unix, not(miri)))]
+mod fork {
+    use std::cell::RefCell;
+    use std::ffi::c_int;
+    use std::sync::{MutexGuard, Once};
+
+    use super::{Threads, THREADS};
+
+    thread_local! {
+        /// The lock held by the forking thread across `fork`.
+        static HELD: RefCell<Option<MutexGuard<'static, Option<Threads>>>> =
+            const { RefCell::new(None) };
+    }
+
+    extern "C" {
+        fn pthread_atfork(
+            prepare: Option<extern "C" fn()>,
+            parent: Option<extern "C" fn()>,
+            child: Option<extern "C" fn()>,
+        ) -> c_int;
+    }
+
+    extern "C" fn prepare() {
+        let guard = THREADS.lock().unwrap_or_else(|e| e.into_inner());
+        HELD.with(|h| *h.borrow_mut() = Some(guard));
+    }
+
+    extern "C" fn release() {
+        HELD.with(|h| drop(h.borrow_mut().take()));
+    }
+
+    pub(super) fn register() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: the handlers are `extern "C"` functions that live as long as the
+            // process, do not unwind (taking a lock and storing or dropping its guard), and
+            // run in the forking thread, before and after `fork`, as POSIX says.
+            unsafe { pthread_atfork(Some(prepare), Some(release), Some(release)) };
+        });
+    }
+}
+
+#[cfg(not(all(unix, not(miri))))]
+mod fork {
+    pub(super) fn register() {}
+}
+
+/// The check installed by [`with_interrupt`] on this thread: `call(data)`.
+#[derive(Clone, Copy)]
+struct Hook {
+    data: *const (),
+    call: unsafe fn(*const ()) -> bool,
+}
+
+thread_local! {
+    static HOOK: Cell<Option<Hook>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with `interrupted` as this thread's interrupt check: kernels that `f` starts on
+/// this thread over 65,536 elements or more call it when they start and then about every
+/// 100 ms, between pieces of work, and stop with [`Error::Interrupted`] when it returns `true`
+/// (their outputs then hold partial results). The check runs on this thread only.
+///
+/// # Example
+/// ```
+/// use ndarray::Array1;
+/// let x = Array1::from_elem(1 << 20, -2.0_f32);
+/// let t = Array1::from_elem(1 << 20, 0.5_f32);
+/// let stopped = kldiv::with_interrupt(|| true, || kldiv::kl_div_sum(x.view(), t.view(), false));
+/// assert_eq!(stopped, Err(kldiv::Error::Interrupted));
+/// let done = kldiv::with_interrupt(|| false, || kldiv::kl_div_sum(x.view(), t.view(), false));
+/// assert!(done.is_ok());
+/// ```
+pub fn with_interrupt<F: Fn() -> bool, R>(interrupted: F, f: impl FnOnce() -> R) -> R {
+    /// # Safety
+    /// `data` must point to a live `F`.
+    unsafe fn call<F: Fn() -> bool>(data: *const ()) -> bool {
+        // SAFETY: by the contract above.
+        unsafe { (*data.cast::<F>())() }
+    }
+    struct Reset(Option<Hook>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            HOOK.with(|h| h.set(self.0));
+        }
+    }
+    let hook = Hook {
+        data: (&interrupted as *const F).cast(),
+        call: call::<F>,
+    };
+    let _reset = Reset(HOOK.with(|h| h.replace(Some(hook))));
+    f()
+}
+
+/// When the calling thread next runs its interrupt check.
+struct Poll {
+    hook: Option<Hook>,
+    next: Instant,
+}
+
+impl Poll {
+    /// The first check comes at once, the next ones [`POLL`] apart; none without a hook.
+    fn new() -> Poll {
+        Poll {
+            hook: HOOK.with(|h| h.get()),
+            next: Instant::now(),
+        }
+    }
+
+    /// Whether the call is to stop.
+    fn interrupted(&mut self) -> bool {
+        let Some(hook) = self.hook else {
+            return false;
+        };
+        let now = Instant::now();
+        if now < self.next {
+            return false;
+        }
+        self.next = now + POLL;
+        // SAFETY: `HOOK` holds a hook only while the `with_interrupt` that set it, on this
+        // thread, runs, and with it the check that `data` points to; this `Poll` lives within
+        // one kernel call on this thread.
+        unsafe { (hook.call)(hook.data) }
+    }
 }
 
 /// The fixed blocks of a logical shape.
@@ -123,7 +305,8 @@ pub(crate) struct Blocks {
 }
 
 impl Blocks {
-    /// The blocks of a logical `shape` (not merged: the same for every layout).
+    /// The blocks of a logical `shape` (not merged: the same for every layout), whose number
+    /// of elements fits in `usize` (see [`crate::walk::Walk::new`]).
     pub(crate) fn new(shape: &[usize]) -> Blocks {
         let len: usize = shape.iter().product();
         let mut row = 1usize;
@@ -184,65 +367,114 @@ pub(crate) fn threads_for(len: usize) -> usize {
 /// small inputs (`len` elements in all, in tasks of about equal size), else on the caller and
 /// the workers, claimed in chunks (see [`CHUNK`]). Each thread makes one `S::default()` scratch
 /// (a tile, say) and hands it to all its tasks.
+///
+/// # Errors
+/// [`Error::Interrupted`] when the caller's interrupt check says so (some tasks then never
+/// ran).
 pub(crate) fn for_each_task<S: Default>(
     len: usize,
     tasks: usize,
     each: impl Fn(usize, &mut S) + Sync,
-) {
-    let workers = if len < PARALLEL_MIN {
-        None
-    } else {
-        threads().workers
-    };
-    let Some(pool) = workers else {
-        let mut scratch = S::default();
-        return (0..tasks).for_each(|i| each(i, &mut scratch));
-    };
-    let threads = pool.current_num_threads() + 1;
+) -> Result<(), Error> {
+    if len < PARALLEL_MIN {
+        // Short: no claims, no checks.
+        return with_default_fp(|| {
+            let mut scratch = S::default();
+            (0..tasks).for_each(|i| each(i, &mut scratch));
+            Ok(())
+        });
+    }
+    let workers = threads().workers;
+    let threads = workers.as_ref().map_or(1, |p| p.current_num_threads() + 1);
     let chunk_len = CHUNK.min(len / (CLAIMS_PER_THREAD * threads));
     let chunk = (chunk_len / (len / tasks.max(1)).max(1)).max(1);
     let next = AtomicUsize::new(0);
-    let claim = || {
-        let mut scratch = S::default();
-        loop {
-            let first = next.fetch_add(chunk, Ordering::Relaxed);
-            if first >= tasks {
-                break;
+    let stop = AtomicBool::new(false);
+    // Claims chunks of tasks until none is left, or until the call is stopped (by the
+    // caller's `poll`).
+    let claim = |poll: &mut dyn FnMut() -> bool| {
+        with_default_fp(|| {
+            let mut scratch = S::default();
+            while !stop.load(Ordering::Relaxed) {
+                if poll() {
+                    stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+                let first = next.fetch_add(chunk, Ordering::Relaxed);
+                if first >= tasks {
+                    break;
+                }
+                (first..(first + chunk).min(tasks)).for_each(|i| each(i, &mut scratch));
             }
-            (first..(first + chunk).min(tasks)).for_each(|i| each(i, &mut scratch));
-        }
+        })
     };
-    run_with_helpers(&pool, &claim);
+    let mut poll = Poll::new();
+    let mut caller = || claim(&mut || poll.interrupted());
+    match workers {
+        Some(pool) => run_with_helpers(&pool, &|| claim(&mut || false), caller),
+        None => caller(),
+    }
+    if stop.load(Ordering::Relaxed) {
+        Err(Error::Interrupted)
+    } else {
+        Ok(())
+    }
 }
 
-/// Runs `work` on the calling thread, and on each of `pool`'s workers that gets to it before
-/// the caller is done with it; returns once the caller has run it and no worker is in it.
+/// Runs `own` on the calling thread, and `help` on each of `pool`'s workers that gets to it
+/// before the caller is done with `own`; returns once the caller has run `own` and no worker
+/// is in `help`.
 ///
 /// Unlike a rayon scope, the caller never waits for a worker that has not started: a worker
 /// still asleep (or busy with another call) finds the call closed when it gets to its job, and
-/// does nothing. Waking a worker that has slept took about 130 µs on a 2-vCPU VM: in a rayon
-/// scope, sums of 70,000 `f32` elements after 20 ms idle took 165 µs on 2 threads against 60 µs
-/// on one, 200,000 elements 191 µs against 74 µs.
-fn run_with_helpers(pool: &rayon::ThreadPool, work: &(dyn Fn() + Sync)) {
+/// does nothing. Waking a worker that has slept took about 130 µs on a 2-vCPU VM, as long as
+/// summing 100,000 elements.
+fn run_with_helpers<H: Fn() + Sync>(pool: &rayon::ThreadPool, help: &H, own: impl FnOnce()) {
+    /// `help`, its type erased, for the workers' jobs (which must be `'static`).
+    struct Job {
+        help: *const (),
+        run: unsafe fn(*const ()),
+    }
+    // SAFETY: `help` points to an `H: Sync`, which may be called from any thread through a
+    // shared reference; when it may be called is said where `run` is.
+    unsafe impl Send for Job {}
+    impl Job {
+        /// # Safety
+        /// The `H` that `help` points to must be alive.
+        unsafe fn call(&self) {
+            // SAFETY: by the contract above (and `run` is `run::<H>`).
+            unsafe { (self.run)(self.help) }
+        }
+    }
+    /// # Safety
+    /// `help` must point to a live `H`.
+    unsafe fn run<H: Fn()>(help: *const ()) {
+        // SAFETY: by the contract above.
+        unsafe { (*help.cast::<H>())() }
+    }
+
     let call = Arc::new(Call::default());
-    // SAFETY: only the lifetime is erased, so that the workers' jobs may hold `work`. A job
-    // calls it only between a successful `Call::enter` and its `Call::leave`, and this function
-    // does not return (nor unwind) before `Call::close`, which waits until every worker that
-    // entered has left, and after which none can enter: no job touches `work` once it is gone.
-    let work: &'static (dyn Fn() + Sync) = unsafe { std::mem::transmute(work) };
     for _ in 0..pool.current_num_threads() {
         let call = Arc::clone(&call);
+        let job = Job {
+            help: (help as *const H).cast(),
+            run: run::<H>,
+        };
         pool.spawn(move || {
             if call.enter() {
                 let _leave = Leave(&call);
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
+                // SAFETY: the worker is in the call (between `enter` and the `Leave` drop),
+                // and `run_with_helpers` neither returns nor unwinds before `Close` has waited
+                // until no worker is in it and barred new ones: `help` is alive here.
+                let help = || unsafe { job.call() };
+                if std::panic::catch_unwind(help).is_err() {
                     call.panicked.store(true, Ordering::Relaxed);
                 }
             }
         });
     }
     let close = Close(&call);
-    work();
+    own();
     drop(close);
     if call.panicked.load(Ordering::Relaxed) {
         panic!("kldiv: a kernel panicked on a worker thread");
@@ -309,7 +541,7 @@ impl Drop for Close<'_> {
 }
 
 /// Runs `each(b)` once for every block (in parallel when large).
-pub(crate) fn for_each_block(blocks: &Blocks, each: impl Fn(usize) + Sync) {
+pub(crate) fn for_each_block(blocks: &Blocks, each: impl Fn(usize) + Sync) -> Result<(), Error> {
     for_each_task(blocks.len(), blocks.count(), |b, _: &mut ()| each(b))
 }
 
@@ -318,11 +550,13 @@ pub(crate) fn for_each_block(blocks: &Blocks, each: impl Fn(usize) + Sync) {
 pub(crate) fn tree_sum<S: Default>(
     blocks: &Blocks,
     leaf: impl Fn(usize, &mut S) -> f64 + Sync,
-) -> f64 {
+) -> Result<f64, Error> {
     let n = blocks.count();
-    if blocks.len() < PARALLEL_MIN || threads().workers.is_none() {
-        let mut scratch = S::default();
-        return tree(0, n, &mut |b| leaf(b, &mut scratch));
+    if blocks.len() < PARALLEL_MIN {
+        return Ok(with_default_fp(|| {
+            let mut scratch = S::default();
+            tree(0, n, &mut |b| leaf(b, &mut scratch))
+        }));
     }
     tree_sum_by(blocks, n, |b, scratch, store| store(b, leaf(b, scratch)))
 }
@@ -330,19 +564,27 @@ pub(crate) fn tree_sum<S: Default>(
 /// The sum over all blocks, combined in the fixed pairwise tree, where
 /// `task(i, scratch, store)` for `i in 0..tasks` computes some blocks' sums and hands each to
 /// `store(block, sum)`; every block must be stored by exactly one task.
+///
+/// # Errors
+/// [`Error::OutOfMemory`] if the blocks' sums (8 bytes each) do not fit in memory;
+/// [`Error::Interrupted`] as [`for_each_task`].
 pub(crate) fn tree_sum_by<S: Default>(
     blocks: &Blocks,
     tasks: usize,
     task: impl Fn(usize, &mut S, &dyn Fn(usize, f64)) + Sync,
-) -> f64 {
+) -> Result<f64, Error> {
     let n = blocks.count();
-    let sums: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+    let mut sums: Vec<AtomicU64> = Vec::new();
+    sums.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+        bytes: n.saturating_mul(8),
+    })?;
+    sums.extend((0..n).map(|_| AtomicU64::new(0)));
     let store = |b: usize, v: f64| sums[b].store(v.to_bits(), Ordering::Relaxed);
-    for_each_task(blocks.len(), tasks, |i, scratch| task(i, scratch, &store));
+    for_each_task(blocks.len(), tasks, |i, scratch| task(i, scratch, &store))?;
     // `for_each_task` has waited for every worker that took tasks: all stores are visible here.
-    tree(0, n, &mut |b| {
+    Ok(tree(0, n, &mut |b| {
         f64::from_bits(sums[b].load(Ordering::Relaxed))
-    })
+    }))
 }
 
 /// The fixed pairwise tree: the sum over `lo..hi` is the sum over the first half plus the sum
@@ -372,19 +614,22 @@ mod tests {
     fn every_block_once_whatever_the_threads() {
         let blocks = Blocks::new(&[100 * BLOCK + 7]);
         for n in [1, 2, 3] {
-            set_num_threads(n);
+            set_num_threads(n).unwrap();
             let seen: Vec<AtomicUsize> = (0..blocks.count()).map(|_| AtomicUsize::new(0)).collect();
             for_each_block(&blocks, |b| {
                 seen[b].fetch_add(1, Ordering::Relaxed);
-            });
+            })
+            .unwrap();
             assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == 1));
             let leaf = |b: usize| 1.0 / (b as f64 + 1.0);
             assert_eq!(
-                tree_sum(&blocks, |b, _: &mut ()| leaf(b)).to_bits(),
+                tree_sum(&blocks, |b, _: &mut ()| leaf(b))
+                    .unwrap()
+                    .to_bits(),
                 tree(0, blocks.count(), &mut { leaf }).to_bits()
             );
         }
-        set_num_threads(0);
+        set_num_threads(0).unwrap();
     }
 
     #[test]
@@ -403,9 +648,10 @@ mod tests {
         });
         wait_started.recv().unwrap();
         let runs = AtomicUsize::new(0);
-        run_with_helpers(&pool, &|| {
+        let work = || {
             runs.fetch_add(1, Ordering::Relaxed);
-        });
+        };
+        run_with_helpers(&pool, &work, work);
         assert_eq!(runs.load(Ordering::Relaxed), 1);
         hold.send(()).unwrap(); // the worker now finds the call closed, and does nothing
         pool.install(|| {}); // (runs after the stale job: the queue is first in, first out)
@@ -422,7 +668,7 @@ mod tests {
         let tx = std::sync::Mutex::new(tx);
         // The caller waits (a bounded time) for the worker to arrive before it finishes.
         let arrived = AtomicUsize::new(0);
-        run_with_helpers(&pool, &|| {
+        let work = || {
             tx.lock()
                 .unwrap()
                 .send(std::thread::current().id())
@@ -432,7 +678,8 @@ mod tests {
             while arrived.load(Ordering::Acquire) < 2 && t0.elapsed().as_secs() < 10 {
                 std::thread::yield_now();
             }
-        });
+        };
+        run_with_helpers(&pool, &work, work);
         let ids: Vec<_> = rx.try_iter().collect();
         assert_eq!(ids.len(), 2);
         assert_ne!(ids[0], ids[1]);
@@ -447,7 +694,7 @@ mod tests {
             .unwrap();
         let main = std::thread::current().id();
         let arrived = AtomicUsize::new(0);
-        run_with_helpers(&pool, &|| {
+        let work = || {
             arrived.fetch_add(1, Ordering::AcqRel);
             if std::thread::current().id() != main {
                 panic!("on the worker");
@@ -456,7 +703,8 @@ mod tests {
             while arrived.load(Ordering::Acquire) < 2 && t0.elapsed().as_secs() < 10 {
                 std::thread::yield_now();
             }
-        });
+        };
+        run_with_helpers(&pool, &work, work);
     }
 
     #[test]

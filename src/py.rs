@@ -2,20 +2,23 @@
 //!
 //! Thin on purpose: the Python package (`python/kldiv/`) checks arguments, promotes dtypes,
 //! broadcasts and allocates; these functions take same-dtype, aligned, native-order arrays of
-//! any strides (outputs of the broadcast shape), release the GIL, and run the kernels. Each
-//! kernel is exposed once per dtype, as `<name>_f32` and `<name>_f64`, and so is `empty`,
-//! which allocates the results (see [`pool`]).
+//! any strides (outputs of the broadcast shape), release the GIL, and run the kernels (see
+//! [`run`]: Ctrl-C stops them, and interpreter shutdown waits for them). Each kernel is exposed
+//! once per dtype, as `<name>_f32` and `<name>_f64`, and so is `empty`, which allocates the
+//! results (see [`pool`]).
 
 use std::ffi::c_void;
 use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use numpy::ndarray::{ArrayViewD, IxDyn};
 use numpy::npyffi::{get_type_object, NpyTypes, PY_ARRAY_API};
 use numpy::{
     Element, PyArrayDescr, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn,
-    PyReadwriteArrayDyn, PyUntypedArrayMethods,
+    PyReadwriteArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyMemoryError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString};
@@ -25,8 +28,89 @@ use crate::{Error, Float, Reduction};
 type In<'py, T> = PyReadonlyArrayDyn<'py, T>;
 type Out<'py, T> = PyReadwriteArrayDyn<'py, T>;
 
-fn value_error(e: Error) -> PyErr {
-    PyValueError::new_err(e.to_string())
+/// The Python exception for a kernel's error: `MemoryError`, `RuntimeError` (threads that
+/// would not start, a call cancelled at shutdown), `ValueError` (the arguments).
+fn py_error(e: Error) -> PyErr {
+    match e {
+        Error::OutOfMemory { .. } => PyMemoryError::new_err(e.to_string()),
+        Error::ThreadStart(_) => PyRuntimeError::new_err(e.to_string()),
+        Error::Interrupted => PyRuntimeError::new_err(
+            "kldiv: the call was cancelled because the interpreter is shutting down",
+        ),
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// Set by [`shutdown`]: no kernel starts any more, and those running stop.
+static CLOSED: AtomicBool = AtomicBool::new(false);
+/// Calls between their start in [`run`] and their return to Python (the GIL taken back).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// `threading.main_thread().ident`: the one thread whose signal handlers Python runs.
+static MAIN_THREAD: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs a kernel with the GIL released: every kernel call of the module goes through here.
+///
+/// On the main thread the kernel checks for signals (Ctrl-C) about every 100 ms (see
+/// [`crate::with_interrupt`]) and stops with the exception their handlers raise. Interpreter
+/// shutdown ([`shutdown`]) waits until no call is between here and its return to Python: a
+/// daemon thread that took the GIL back during finalization would be ended by `pthread_exit`,
+/// whose unwinding through these Rust frames aborts the process.
+fn run<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> Result<R, Error> + Send) -> PyResult<R> {
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    // Under the GIL, as `shutdown` sets CLOSED: a call either counts itself in first, or
+    // sees CLOSED and does not start.
+    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+    let _done = Done; // dropped once the GIL is held again
+    if CLOSED.load(Ordering::SeqCst) {
+        return Err(PyRuntimeError::new_err(
+            "kldiv: the interpreter is shutting down",
+        ));
+    }
+    // SAFETY: `PyThread_get_thread_ident` only reads the calling thread's id.
+    let main = unsafe { pyo3::ffi::PyThread_get_thread_ident() } as usize
+        == MAIN_THREAD.load(Ordering::Relaxed);
+    let raised: Mutex<Option<PyErr>> = Mutex::new(None);
+    let interrupted = || {
+        if CLOSED.load(Ordering::Relaxed) {
+            return true;
+        }
+        if !main {
+            return false;
+        }
+        match Python::attach(|py| py.check_signals()) {
+            Ok(()) => false,
+            Err(e) => {
+                *raised.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                true
+            }
+        }
+    };
+    let result = py.detach(|| crate::with_interrupt(interrupted, kernel));
+    result.map_err(|e| {
+        let raised = raised.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match (e, raised) {
+            (Error::Interrupted, Some(raised)) => raised,
+            (e, _) => py_error(e),
+        }
+    })
+}
+
+/// Stops kernel calls for interpreter shutdown (Python's `atexit`): new calls raise
+/// `RuntimeError`, running ones stop at their next check, and this returns once none is left
+/// (see [`run`]).
+#[pyfunction]
+fn shutdown(py: Python<'_>) {
+    CLOSED.store(true, Ordering::SeqCst);
+    py.detach(|| {
+        while IN_FLIGHT.load(Ordering::SeqCst) > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    })
 }
 
 /// The float64 sum of the loss terms, not rounded (for sums over several calls).
@@ -37,8 +121,7 @@ fn sum<T: Float + Element>(
     log_target: bool,
 ) -> PyResult<f64> {
     let (x, t) = (x.as_array(), t.as_array());
-    py.detach(|| crate::kl_div_sum(x, t, log_target))
-        .map_err(value_error)
+    run(py, || crate::kl_div_sum(x, t, log_target))
 }
 
 /// The float64 sum of the loss terms divided by `divisor` (IEEE: 0/0 is NaN), rounded to `T`.
@@ -49,10 +132,7 @@ fn reduce<T: Float + Element>(
     divisor: f64,
     log_target: bool,
 ) -> PyResult<f64> {
-    let (x, t) = (x.as_array(), t.as_array());
-    let sum = py
-        .detach(|| crate::kl_div_sum(x, t, log_target))
-        .map_err(value_error)?;
+    let sum = sum(py, x, t, log_target)?;
     Ok(T::from_f64(sum / divisor).to_f64())
 }
 
@@ -68,7 +148,7 @@ const MAX_DIMS: usize = 32;
 /// and one shape of at most [`MAX_DIMS`] dimensions, `reduction` is the str "sum" or
 /// "batchmean", and `log_target` a bool. On `None` the Python side checks, converts and
 /// broadcasts as usual and raises its errors: this path adds no behaviour of its own, and
-/// gives the bits of `reduce_f32` / `reduce_f64` with the divisor `_divisor` gives.
+/// gives the bits of `sum_f32` / `sum_f64` divided by the divisor `_divisor` gives, rounded.
 #[pyfunction]
 fn reduce_plain<'py>(
     py: Python<'py>,
@@ -125,7 +205,7 @@ fn reduce_pair<'py, T: Float + Element>(
     if x.shape() != t.shape() {
         return Ok(None);
     }
-    let divisor = crate::loss::divisor(reduction, x.shape(), t.shape()).map_err(value_error)?;
+    let divisor = crate::loss::divisor(reduction, x.shape(), t.shape()).map_err(py_error)?;
     let (Ok(x), Ok(t)) = (x.try_readonly(), t.try_readonly()) else {
         return Ok(None);
     };
@@ -155,11 +235,11 @@ fn terms<T: Float + Element>(
     log_target: bool,
 ) -> PyResult<()> {
     let (x, t, o) = (x.as_array(), t.as_array(), out.as_array_mut());
-    py.detach(|| crate::kl_div_terms_into(x, t, o, log_target))
-        .map_err(value_error)
+    run(py, || crate::kl_div_terms_into(x, t, o, log_target))
 }
 
-/// Both gradients for `grad_output / divisor`, written into `grad_input` and `grad_target`.
+/// The gradients for `grad_output / divisor` that are asked for, written into `grad_input`
+/// and `grad_target`.
 #[allow(clippy::too_many_arguments)]
 fn backward<T: Float + Element>(
     py: Python<'_>,
@@ -167,19 +247,21 @@ fn backward<T: Float + Element>(
     divisor: f64,
     x: In<'_, T>,
     t: In<'_, T>,
-    mut grad_input: Out<'_, T>,
-    mut grad_target: Out<'_, T>,
+    mut grad_input: Option<Out<'_, T>>,
+    mut grad_target: Option<Out<'_, T>>,
     log_target: bool,
 ) -> PyResult<()> {
     let (g, x, t) = (grad_output.as_array(), x.as_array(), t.as_array());
-    let (gx, gt) = (grad_input.as_array_mut(), grad_target.as_array_mut());
-    py.detach(|| crate::kl_div_backward_into(g, divisor, x, t, gx, gt, log_target))
-        .map_err(value_error)
+    let gx = grad_input.as_mut().map(|a| a.as_array_mut());
+    let gt = grad_target.as_mut().map(|a| a.as_array_mut());
+    run(py, || {
+        crate::kl_div_backward_into(g, divisor, x, t, gx, gt, log_target)
+    })
 }
 
-/// The float64 sum of the terms divided by `divisor`, rounded to `T`, with the input gradient
-/// for `1 / divisor` written in the same pass.
-fn reduce_and_grad<T: Float + Element>(
+/// The float64 sum of the terms (not rounded), with the input gradient for `1 / divisor`
+/// written in the same pass.
+fn sum_and_grad<T: Float + Element>(
     py: Python<'_>,
     x: In<'_, T>,
     t: In<'_, T>,
@@ -188,10 +270,7 @@ fn reduce_and_grad<T: Float + Element>(
     log_target: bool,
 ) -> PyResult<f64> {
     let (x, t, gx) = (x.as_array(), t.as_array(), grad_input.as_array_mut());
-    let sum = py
-        .detach(|| crate::grad::fused_sum(x, t, divisor, gx, log_target))
-        .map_err(value_error)?;
-    Ok(T::from_f64(sum / divisor).to_f64())
+    run(py, || crate::grad::fused_sum(x, t, divisor, gx, log_target))
 }
 
 /// The loss terms and the input gradient (for ones) in one pass.
@@ -205,8 +284,53 @@ fn terms_and_grad<T: Float + Element>(
 ) -> PyResult<()> {
     let (x, t) = (x.as_array(), t.as_array());
     let (l, gx) = (loss.as_array_mut(), grad_input.as_array_mut());
-    py.detach(|| crate::kl_div_terms_and_grad_into(x, t, l, gx, log_target))
-        .map_err(value_error)
+    run(py, || {
+        crate::kl_div_terms_and_grad_into(x, t, l, gx, log_target)
+    })
+}
+
+/// Raises `ValueError` if an output (`(name, array)`) has elements that share memory, or shares
+/// memory with another output or with one of `inputs` (judged on the memory ranges they span):
+/// the check every kernel makes of its operands, with the caller's names for them.
+#[pyfunction]
+fn check_outputs(
+    inputs: Vec<(String, Bound<'_, PyUntypedArray>)>,
+    outputs: Vec<(String, Bound<'_, PyUntypedArray>)>,
+) -> PyResult<()> {
+    struct Layout {
+        addr: usize,
+        shape: Vec<usize>,
+        strides: Vec<isize>,
+        size: usize,
+        name: String,
+    }
+    impl Layout {
+        fn of((name, a): (String, Bound<'_, PyUntypedArray>)) -> Layout {
+            let size = a.dtype().itemsize().max(1);
+            Layout {
+                // SAFETY: reads the data pointer of a live array object, under the GIL.
+                addr: unsafe { (*a.as_array_ptr()).fields.data } as usize,
+                shape: a.shape().to_vec(),
+                strides: a.strides().iter().map(|&s| s / size as isize).collect(),
+                size,
+                name,
+            }
+        }
+        fn span(&self) -> crate::walk::Span<'_> {
+            crate::walk::Span {
+                addr: self.addr,
+                shape: &self.shape,
+                strides: &self.strides,
+                size: self.size,
+                name: &self.name,
+            }
+        }
+    }
+    let ins: Vec<Layout> = inputs.into_iter().map(Layout::of).collect();
+    let outs: Vec<Layout> = outputs.into_iter().map(Layout::of).collect();
+    let ins: Vec<_> = ins.iter().map(Layout::span).collect();
+    let outs: Vec<_> = outs.iter().map(Layout::span).collect();
+    crate::walk::check_outputs(&ins, &outs).map_err(py_error)
 }
 
 /// The memory of large results, kept for the next result once NumPy has freed the array.
@@ -338,26 +462,25 @@ macro_rules! per_dtype {
     };
     (@ty In, $t:ty) => { In<'py, $t> };
     (@ty Out, $t:ty) => { Out<'py, $t> };
+    (@ty OptOut, $t:ty) => { Option<Out<'py, $t>> };
     (@ty f64, $t:ty) => { f64 };
     (@ty bool, $t:ty) => { bool };
 }
 
 per_dtype!(sum -> f64, sum_f32, sum_f64, (input: In, target: In, log_target: bool));
-per_dtype!(reduce -> f64, reduce_f32, reduce_f64,
-    (input: In, target: In, divisor: f64, log_target: bool));
 per_dtype!(terms -> (), terms_f32, terms_f64, (input: In, target: In, out: Out, log_target: bool));
 per_dtype!(backward -> (), backward_f32, backward_f64,
-    (grad_output: In, divisor: f64, input: In, target: In, grad_input: Out, grad_target: Out,
-     log_target: bool));
-per_dtype!(reduce_and_grad -> f64, reduce_and_grad_f32, reduce_and_grad_f64,
+    (grad_output: In, divisor: f64, input: In, target: In, grad_input: OptOut,
+     grad_target: OptOut, log_target: bool));
+per_dtype!(sum_and_grad -> f64, sum_and_grad_f32, sum_and_grad_f64,
     (input: In, target: In, divisor: f64, grad_input: Out, log_target: bool));
 per_dtype!(terms_and_grad -> (), terms_and_grad_f32, terms_and_grad_f64,
     (input: In, target: In, loss: Out, grad_input: Out, log_target: bool));
 
 /// Sets the size of kldiv's thread pool (0: the default).
 #[pyfunction]
-fn set_num_threads(n: usize) {
-    crate::set_num_threads(n)
+fn set_num_threads(n: usize) -> PyResult<()> {
+    crate::set_num_threads(n).map_err(py_error)
 }
 
 /// The size of kldiv's thread pool.
@@ -372,19 +495,23 @@ fn simd_level() -> &'static str {
     crate::simd_level().name()
 }
 
+/// The best SIMD level this CPU supports.
+#[pyfunction]
+fn detected_simd_level() -> &'static str {
+    crate::detected_simd_level().name()
+}
+
 #[pymodule]
 fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sum_f32, m)?)?;
     m.add_function(wrap_pyfunction!(sum_f64, m)?)?;
-    m.add_function(wrap_pyfunction!(reduce_f32, m)?)?;
-    m.add_function(wrap_pyfunction!(reduce_f64, m)?)?;
     m.add_function(wrap_pyfunction!(reduce_plain, m)?)?;
     m.add_function(wrap_pyfunction!(terms_f32, m)?)?;
     m.add_function(wrap_pyfunction!(terms_f64, m)?)?;
     m.add_function(wrap_pyfunction!(backward_f32, m)?)?;
     m.add_function(wrap_pyfunction!(backward_f64, m)?)?;
-    m.add_function(wrap_pyfunction!(reduce_and_grad_f32, m)?)?;
-    m.add_function(wrap_pyfunction!(reduce_and_grad_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(sum_and_grad_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(sum_and_grad_f64, m)?)?;
     m.add_function(wrap_pyfunction!(terms_and_grad_f32, m)?)?;
     m.add_function(wrap_pyfunction!(terms_and_grad_f64, m)?)?;
     m.add_function(wrap_pyfunction!(empty_f32, m)?)?;
@@ -392,7 +519,18 @@ fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
+    m.add_function(wrap_pyfunction!(detected_simd_level, m)?)?;
+    m.add_function(wrap_pyfunction!(check_outputs, m)?)?;
+    m.add_function(wrap_pyfunction!(shutdown, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_DIMS", MAX_DIMS)?;
+    m.add("MAX_THREADS", crate::MAX_THREADS)?;
+    let main: usize = m
+        .py()
+        .import("threading")?
+        .call_method0("main_thread")?
+        .getattr("ident")?
+        .extract()?;
+    MAIN_THREAD.store(main, Ordering::Relaxed);
     Ok(())
 }

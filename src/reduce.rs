@@ -9,7 +9,8 @@
 use crate::float::Float;
 use crate::simd::Kernel;
 use crate::terms::{
-    add_fast_term, add_term, grad_input_with, transcendental_slice, transcendental_slice_by,
+    add_fast_term, add_term, grad_input_with, term_with, transcendental_slice,
+    transcendental_slice_by,
 };
 use crate::walk::TILE;
 
@@ -137,6 +138,42 @@ impl<T: Float> Kernel for Sum<'_, T> {
             sum_slice::<true, T>(self.tr, self.acc, self.first, self.x, self.t)
         } else {
             sum_slice::<false, T>(self.tr, self.acc, self.first, self.x, self.t)
+        }
+    }
+}
+
+/// 2^-70: the factor of [`ScaledSum`]. A term of `f64` is at most `f64::MAX` (about 2^1024),
+/// so scaled terms are below 2^954, and a sum of up to 2^63 of them stays below 2^1017.
+pub(crate) const SCALE: f64 = 1.0 / (1u128 << 70) as f64;
+
+/// The terms of a run, each multiplied by [`SCALE`], added to the lanes as [`sum_slice`] adds
+/// them: a sum whose partial sums cannot overflow (tiny terms may round away, which a sum
+/// large enough to need this does not see).
+pub(crate) struct ScaledSum<'a, T> {
+    pub tr: &'a mut [T; TILE],
+    pub acc: &'a mut Lanes,
+    pub first: usize,
+    pub x: &'a [T],
+    pub t: &'a [T],
+    pub log_target: bool,
+}
+
+impl<T: Float> Kernel for ScaledSum<'_, T> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        #[inline(always)]
+        fn scaled<const LOG_TARGET: bool, T: Float>(k: ScaledSum<'_, T>) {
+            let tr = &mut k.tr[..k.x.len()];
+            transcendental_slice::<LOG_TARGET, T>(k.t, tr, &[]);
+            let add =
+                |acc: f64, x: T, t: T, tr: T| acc + term_with::<LOG_TARGET, T>(x, t, tr) * SCALE;
+            sum_terms_by::<LOG_TARGET, false, T>(k.acc, k.first, k.x, k.t, tr, 0.0, &mut [], add);
+        }
+        if self.log_target {
+            scaled::<true, T>(self)
+        } else {
+            scaled::<false, T>(self)
         }
     }
 }

@@ -174,3 +174,101 @@ unsafe fn run_avx512<K: Kernel>(kernel: K) -> K::Output {
 unsafe fn run_avx2<K: Kernel>(kernel: K) -> K::Output {
     kernel.run()
 }
+
+/// Runs `f` in the floating-point environment the kernels are written for (and Rust assumes):
+/// round to nearest, no flush-to-zero or denormals-are-zero, exceptions masked. The caller's
+/// environment is restored afterwards. A library built with fast-math, or
+/// `torch.set_flush_denormal(True)`, sets flush-to-zero on its thread, and threads started from
+/// it inherit the mode: without this, a subnormal target's `ln` would read 0 on such a thread.
+#[inline]
+pub(crate) fn with_default_fp<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<fp_env::Env>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(env) = self.0 {
+                fp_env::set(env);
+            }
+        }
+    }
+    let caller = fp_env::get();
+    let _restore = Restore((!fp_env::is_default(caller)).then(|| {
+        fp_env::set(fp_env::DEFAULT);
+        caller
+    }));
+    f()
+}
+
+/// The x86-64 MXCSR register.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+mod fp_env {
+    pub(super) type Env = u32;
+    /// Round to nearest, all exceptions masked, FTZ and DAZ off, no exception flag raised.
+    pub(super) const DEFAULT: Env = 0x1f80;
+
+    /// Whether `env` is [`DEFAULT`] but for the sticky exception flags (bits 0-5).
+    #[inline]
+    pub(super) fn is_default(env: Env) -> bool {
+        env & !0x3f == DEFAULT
+    }
+
+    #[inline]
+    pub(super) fn get() -> Env {
+        let mut csr = 0u32;
+        // SAFETY: `stmxcsr` stores the 32-bit MXCSR at the address given, a live `u32`.
+        unsafe {
+            std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack, preserves_flags))
+        };
+        csr
+    }
+
+    #[inline(never)]
+    pub(super) fn set(env: Env) {
+        // SAFETY: `ldmxcsr` loads MXCSR from a live `u32`; `env` is a value read from MXCSR
+        // or the default, with no reserved bit set.
+        unsafe {
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &env, options(nostack, preserves_flags, readonly))
+        };
+    }
+}
+
+/// The AArch64 FPCR register (rounding mode, flush-to-zero, default NaN, trap enables).
+#[cfg(all(target_arch = "aarch64", not(miri)))]
+mod fp_env {
+    pub(super) type Env = u64;
+    /// Round to nearest, no flush-to-zero, no default NaN, no traps.
+    pub(super) const DEFAULT: Env = 0;
+
+    #[inline]
+    pub(super) fn is_default(env: Env) -> bool {
+        env == DEFAULT
+    }
+
+    #[inline]
+    pub(super) fn get() -> Env {
+        let fpcr: u64;
+        // SAFETY: reading FPCR has no side effects.
+        unsafe { std::arch::asm!("mrs {}, fpcr", out(reg) fpcr, options(nomem, nostack)) };
+        fpcr
+    }
+
+    #[inline(never)]
+    pub(super) fn set(env: Env) {
+        // SAFETY: `env` is a value read from FPCR or the default.
+        unsafe { std::arch::asm!("msr fpcr, {}", in(reg) env, options(nostack)) };
+    }
+}
+
+/// Other targets (and Miri): the environment is left as it is.
+#[cfg(not(all(any(target_arch = "x86_64", target_arch = "aarch64"), not(miri))))]
+mod fp_env {
+    pub(super) type Env = ();
+    pub(super) const DEFAULT: Env = ();
+    #[inline]
+    pub(super) fn is_default(_: Env) -> bool {
+        true
+    }
+    #[inline]
+    pub(super) fn get() -> Env {}
+    #[inline]
+    pub(super) fn set(_: Env) {}
+}

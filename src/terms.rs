@@ -118,8 +118,11 @@ pub(crate) fn grad_input_with<const LOG_TARGET: bool, T: Float>(g: f64, t: T, tr
 /// `d term / d t` times the incoming gradient `g`, term by term as PyTorch's autograd
 /// evaluates it, so that special values come out the same (NaN at `t = 0`, for example):
 ///
-/// - `xlogy(t, t) - t * x`: `g * xlogy(t != 0, t) + (g * t) / t + (-g) * x`
-///   (`XlogyBackward` for both arguments, then `MulBackward`);
+/// - `xlogy(t, t) - t * x`: `XlogyBackward` for both arguments, then `MulBackward`:
+///   `xlogy(g, t)` (0 where `t == 0`) + `(g * t) / t` + `(-g) * x`. `xlogy(g, t)` is 0 for
+///   `g == 0` and a `t` that is not NaN (negative `t` included), `g * ln t` otherwise; `(g * t) / t`
+///   is taken as `g` where `t` is finite and nonzero (its exact value, which PyTorch's reaches
+///   when the broadcast `g` is summed first: `g * t` would underflow at subnormal `t`);
 /// - `exp(t) * (t - x)`: `(g * (t - x)) * exp(t) + g * exp(t)`.
 ///
 /// # Example
@@ -127,6 +130,7 @@ pub(crate) fn grad_input_with<const LOG_TARGET: bool, T: Float>(g: f64, t: T, tr
 /// let g = kldiv::grad_target::<false, f64>(1.0, -1.0, 0.5);
 /// assert!((g - (0.5_f64.ln() + 1.0 + 1.0)).abs() < 1e-15);
 /// assert!(kldiv::grad_target::<false, f64>(1.0, -1.0, 0.0).is_nan());
+/// assert_eq!(kldiv::grad_target::<false, f64>(0.0, -1.0, -0.5), 0.0); // as PyTorch
 /// ```
 #[inline(always)]
 pub fn grad_target<const LOG_TARGET: bool, T: Float>(g: f64, x: T, t: T) -> f64 {
@@ -140,9 +144,17 @@ pub(crate) fn grad_target_with<const LOG_TARGET: bool, T: Float>(g: f64, x: T, t
     if LOG_TARGET {
         (g * (t64 - x64)) * tr64 + g * tr64
     } else {
-        // xlogy's derivative in its second argument is `ln t`, but 0 at t = 0: there `tr` is
-        // ±0 (NaN stays NaN); the sum is NaN there anyway, as in PyTorch, from (g * 0) / 0.
-        g * tr64 + (g * t64) / t64 + (-g) * x64
+        let xlogy_g = if t64 == 0.0 || (g == 0.0 && !t64.is_nan()) {
+            0.0
+        } else {
+            g * tr64
+        };
+        let g_t_over_t = if t64 != 0.0 && t64.is_finite() {
+            g
+        } else {
+            (g * t64) / t64 // NaN
+        };
+        xlogy_g + g_t_over_t + (-g) * x64
     }
 }
 

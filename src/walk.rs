@@ -1,15 +1,19 @@
 //! Walking broadcast operands of any strides in logical (C) order, without copying them.
 //!
-//! The operands (inputs and, for the elementwise kernels, the output) are described by one
+//! The operands (inputs and, for the elementwise kernels, the outputs) are described by one
 //! logical shape and, per operand, element strides over that shape (0 on broadcast axes,
 //! negative for reversed views). [`Walk`] merges axes that are contiguous for every operand
 //! and cuts a range of logical indices into runs along the last axis; [`Src`] and [`Dst`] turn a
 //! run into a slice: the memory itself when its stride is 1, a small stack tile otherwise.
-//! All pointer arithmetic lives here (the kernels above work on slices); callers only build
-//! a [`Src`] or [`Dst`] from a view, under a SAFETY comment. The other `unsafe` of the crate
-//! is the SIMD dispatch (`simd.rs`).
+//! All pointer arithmetic lives here (the kernels above work on slices), and [`operands`] is
+//! the one place that makes a [`Src`] or [`Dst`]: it checks every kernel call's operands
+//! (shapes, outputs whose elements are distinct and apart from every other operand) first. The
+//! other `unsafe` of the crate is the SIMD dispatch and the floating-point environment
+//! (`simd.rs`), and the thread pool's erased closures (`parallel.rs`).
 
 use std::marker::PhantomData;
+
+use ndarray::{ArrayView, ArrayViewMut, Dimension};
 
 use crate::error::Error;
 use crate::parallel::Blocks;
@@ -221,6 +225,198 @@ impl<const K: usize> Walk<K> {
     }
 }
 
+/// Where an operand's elements lie: the address of its first element, its shape and element
+/// strides, the size of an element, and its name in error messages.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Span<'a> {
+    pub(crate) addr: usize,
+    pub(crate) shape: &'a [usize],
+    pub(crate) strides: &'a [isize],
+    pub(crate) size: usize,
+    pub(crate) name: &'a str,
+}
+
+impl Span<'_> {
+    /// The bytes between the operand's lowest and highest element, ends included (`None` for no
+    /// elements).
+    fn bytes(&self) -> Option<(usize, usize)> {
+        if self.shape.contains(&0) {
+            return None;
+        }
+        let (mut lo, mut hi) = (0isize, 0isize);
+        for (&n, &s) in self.shape.iter().zip(self.strides) {
+            let reach = s.saturating_mul(n as isize - 1);
+            if reach < 0 {
+                lo = lo.saturating_add(reach);
+            } else {
+                hi = hi.saturating_add(reach);
+            }
+        }
+        let at = |i: isize| {
+            self.addr
+                .wrapping_add_signed(i.saturating_mul(self.size as isize))
+        };
+        Some((at(lo), at(hi).wrapping_add(self.size)))
+    }
+
+    /// Whether every element has memory of its own: ordered by stride, each axis longer than 1
+    /// steps past all the elements the shorter-strided axes reach. (A few layouts whose axes
+    /// interleave without sharing an element fail this too: they are refused with the rest.)
+    fn distinct(&self) -> bool {
+        let mut axes: Vec<(usize, usize)> = (self.shape.iter().zip(self.strides))
+            .filter(|(&n, _)| n > 1)
+            .map(|(&n, &s)| (s.unsigned_abs(), n))
+            .collect();
+        axes.sort_unstable();
+        let mut reach = 0usize;
+        for (stride, n) in axes {
+            if stride <= reach {
+                return false;
+            }
+            reach = reach.saturating_add(stride.saturating_mul(n - 1));
+        }
+        true
+    }
+}
+
+/// Checks that each of `outputs` has distinct elements and shares no memory with another output
+/// or with any of `inputs` (judged on the memory ranges they span, as
+/// `numpy.may_share_memory` does): threads write outputs in parallel while others read.
+pub(crate) fn check_outputs(inputs: &[Span<'_>], outputs: &[Span<'_>]) -> Result<(), Error> {
+    for (i, out) in outputs.iter().enumerate() {
+        if out.bytes().is_none() {
+            continue;
+        }
+        if !out.distinct() {
+            return Err(Error::SelfOverlap {
+                name: out.name.to_string(),
+                shape: out.shape.to_vec(),
+                strides: out.strides.to_vec(),
+            });
+        }
+        let (lo, hi) = out.bytes().unwrap_or_default();
+        let others = outputs[..i].iter().chain(inputs);
+        for other in others {
+            if other.bytes().is_some_and(|(a, b)| a < hi && lo < b) {
+                return Err(Error::Overlap {
+                    output: out.name.to_string(),
+                    other: other.name.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A view a kernel reads, named for error messages.
+pub(crate) struct In<'a, T> {
+    ptr: *const T,
+    shape: &'a [usize],
+    strides: &'a [isize],
+    name: &'static str,
+}
+
+impl<'a, T> In<'a, T> {
+    pub(crate) fn new<D: Dimension>(view: &'a ArrayView<'_, T, D>, name: &'static str) -> Self {
+        In {
+            ptr: view.as_ptr(),
+            shape: view.shape(),
+            strides: view.strides(),
+            name,
+        }
+    }
+
+    fn span(&self) -> Span<'_> {
+        Span {
+            addr: self.ptr as usize,
+            shape: self.shape,
+            strides: self.strides,
+            size: std::mem::size_of::<T>(),
+            name: self.name,
+        }
+    }
+}
+
+/// A view a kernel writes, named for error messages.
+pub(crate) struct Out<'a, T> {
+    ptr: *mut T,
+    shape: &'a [usize],
+    strides: &'a [isize],
+    name: &'static str,
+}
+
+impl<'a, T> Out<'a, T> {
+    pub(crate) fn new<D: Dimension>(
+        view: &'a mut ArrayViewMut<'_, T, D>,
+        name: &'static str,
+    ) -> Self {
+        let ptr = view.as_mut_ptr();
+        let view = &*view;
+        Out {
+            ptr,
+            shape: view.shape(),
+            strides: view.strides(),
+            name,
+        }
+    }
+
+    fn span(&self) -> Span<'_> {
+        Span {
+            addr: self.ptr as usize,
+            shape: self.shape,
+            strides: self.strides,
+            size: std::mem::size_of::<T>(),
+            name: self.name,
+        }
+    }
+}
+
+/// Every kernel call's operands, checked, with the walk over them: the `R` inputs broadcast to
+/// the logical `shape`, the `W` outputs have exactly that shape, distinct elements, and no
+/// memory in common with any other operand ([`check_outputs`]); the walk's operands are the
+/// inputs, then the outputs (`K == R + W`).
+///
+/// # Errors
+/// [`Error::OutputShape`] for an output not of `shape` or an input that does not broadcast to
+/// it, [`Error::TooLarge`], [`Error::SelfOverlap`], [`Error::Overlap`].
+#[allow(clippy::type_complexity)]
+pub(crate) fn operands<'a, T: Copy, const K: usize, const R: usize, const W: usize>(
+    shape: &[usize],
+    ins: [In<'a, T>; R],
+    outs: [Out<'a, T>; W],
+) -> Result<(Walk<K>, [Src<'a, T>; R], [Dst<'a, T>; W]), Error> {
+    assert_eq!(K, R + W, "one stride per operand");
+    let misfit = ins
+        .iter()
+        .map(|i| i.shape)
+        .find(|s| broadcast_shape(s, shape).as_deref() != Some(shape))
+        .or_else(|| outs.iter().map(|o| o.shape).find(|&s| s != shape));
+    if let Some(actual) = misfit {
+        return Err(Error::OutputShape {
+            expected: shape.to_vec(),
+            actual: actual.to_vec(),
+        });
+    }
+    let strides: [Vec<isize>; K] = std::array::from_fn(|k| match k.checked_sub(R) {
+        None => broadcast_strides(ins[k].shape, ins[k].strides, shape),
+        Some(o) => outs[o].strides.to_vec(),
+    });
+    let walk = Walk::new(shape, std::array::from_fn(|k| strides[k].as_slice()))?;
+    check_outputs(
+        &ins.each_ref().map(In::span),
+        &outs.each_ref().map(Out::span),
+    )?;
+    // SAFETY: each pointer is the address of logical index 0 of a view borrowed for `'a`, and
+    // `walk` was built from those views' shapes and strides (broadcast to `shape`), so every
+    // run it hands out lies inside them. The outputs' elements are distinct and lie apart from
+    // every other operand's, and a walk's blocks hand each logical index to one thread: no
+    // element is written by two threads, nor written while read.
+    let srcs = ins.map(|i| unsafe { Src::new(i.ptr) });
+    // SAFETY: as above.
+    let dsts = outs.map(|o| unsafe { Dst::new(o.ptr) });
+    Ok((walk, srcs, dsts))
+}
+
 /// A read-only operand: the address of logical index 0 of a view.
 pub(crate) struct Src<'a, T> {
     ptr: *const T,
@@ -244,8 +440,9 @@ impl<'a, T: Copy> Src<'a, T> {
     /// # Safety
     /// `ptr` must be the address of logical index 0 of a view that stays borrowed for `'a`, and
     /// every run later passed to [`Src::run`] must come from a [`Walk`] built from that view's
-    /// shape and strides (after broadcasting), so that every offset lies inside the view.
-    pub(crate) unsafe fn new(ptr: *const T) -> Self {
+    /// shape and strides (after broadcasting), so that every offset lies inside the view; no
+    /// thread may write the view's elements while a run of them is read.
+    unsafe fn new(ptr: *const T) -> Self {
         Src {
             ptr,
             _view: PhantomData,
@@ -346,9 +543,10 @@ unsafe impl<T: Send> Sync for Dst<'_, T> {}
 
 impl<'a, T: Copy> Dst<'a, T> {
     /// # Safety
-    /// As [`Src::new`], for a mutable view (whose elements never alias one another), and callers
-    /// must never pass the same logical index to [`Dst::tile`] from two threads at once.
-    pub(crate) unsafe fn new(ptr: *mut T) -> Self {
+    /// As [`Src::new`], for a mutable view whose elements are distinct and apart from every
+    /// other operand's, and callers must never pass the same logical index to [`Dst::tile`]
+    /// from two threads at once.
+    unsafe fn new(ptr: *mut T) -> Self {
         Dst {
             ptr,
             _view: PhantomData,
@@ -378,8 +576,8 @@ impl<'a, T: Copy> Dst<'a, T> {
             return;
         }
         for (i, &v) in tile.iter().enumerate() {
-            // SAFETY: each `offset + i * stride` is a distinct element of the view (a mutable
-            // view has no stride-0 axes), owned by this run alone.
+            // SAFETY: each `offset + i * stride` is a distinct element of the view (checked by
+            // `operands`), owned by this run alone.
             unsafe { *self.ptr.offset(offset + i as isize * stride) = v };
         }
     }

@@ -49,7 +49,7 @@ fn same_bits_for_every_layout_and_thread_count() {
     let t64 = softmax_rows(rows, cols, 4, false);
     let x = x64.mapv(|v| v as f32);
     let t = t64.mapv(|v| v as f32);
-    kldiv::set_num_threads(2);
+    kldiv::set_num_threads(2).unwrap();
     let want = kl_div_sum(x.view(), t.view(), false).unwrap();
 
     // Fortran order
@@ -87,7 +87,7 @@ fn same_bits_for_every_layout_and_thread_count() {
     );
 
     for n in 1..=4 {
-        kldiv::set_num_threads(n);
+        kldiv::set_num_threads(n).unwrap();
         assert_eq!(kldiv::get_num_threads(), n);
         assert_eq!(
             kl_div_sum(x.view(), t.view(), false).unwrap().to_bits(),
@@ -98,7 +98,7 @@ fn same_bits_for_every_layout_and_thread_count() {
             want.to_bits()
         );
     }
-    kldiv::set_num_threads(0);
+    kldiv::set_num_threads(0).unwrap();
 }
 
 /// A Fortran-order matrix is summed in groups of rows, column by column (the transposed
@@ -153,13 +153,13 @@ fn fortran_order_same_bits_for_any_number_of_rows() {
         for log_target in [false, true] {
             let t = softmax_rows(rows, cols, 12, log_target);
             for threads in [1, 2, 3] {
-                kldiv::set_num_threads(threads);
+                kldiv::set_num_threads(threads).unwrap();
                 check(&x, &t, log_target);
                 check(&x.mapv(|v| v as f32), &t.mapv(|v| v as f32), log_target);
             }
         }
     }
-    kldiv::set_num_threads(0);
+    kldiv::set_num_threads(0).unwrap();
 }
 
 #[test]
@@ -274,7 +274,7 @@ fn fused_loss_and_grad_equal_forward_and_backward() {
     let x = softmax_rows(120, 900, 11, true).mapv(|v| v as f32);
     let t = softmax_rows(120, 900, 12, false).mapv(|v| v as f32);
     for n in [1, 3] {
-        kldiv::set_num_threads(n);
+        kldiv::set_num_threads(n).unwrap();
         for (reduction, divisor) in [(Reduction::Sum, 1.0), (Reduction::BatchMean, 120.0)] {
             let (loss, gx) = kl_div_and_grad(x.view(), t.view(), reduction, false).unwrap();
             assert_eq!(loss, kl_div(x.view(), t.view(), reduction, false).unwrap());
@@ -284,8 +284,8 @@ fn fused_loss_and_grad_equal_forward_and_backward() {
                 divisor,
                 x.view(),
                 t.view(),
-                bx.view_mut(),
-                bt.view_mut(),
+                Some(bx.view_mut()),
+                Some(bt.view_mut()),
                 false,
             )
             .unwrap();
@@ -294,12 +294,11 @@ fn fused_loss_and_grad_equal_forward_and_backward() {
             let want = (x[[5, 7]] as f64, t[[5, 7]] as f64);
             assert_eq!(
                 bt[[5, 7]],
-                (g * kldiv::math::ln_f32(t[[5, 7]]) as f64 + (g * want.1) / want.1 - g * want.0)
-                    as f32
+                (g * kldiv::math::ln_f32(t[[5, 7]]) as f64 + g - g * want.0) as f32
             );
         }
     }
-    kldiv::set_num_threads(0);
+    kldiv::set_num_threads(0).unwrap();
 }
 
 #[test]
@@ -338,8 +337,8 @@ fn hostile_shapes_work_or_error() {
         1.0,
         x.view(),
         x.view(),
-        g1.view_mut(),
-        g2.view_mut(),
+        Some(g1.view_mut()),
+        Some(g2.view_mut()),
         false
     )
     .is_err());

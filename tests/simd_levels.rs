@@ -75,8 +75,8 @@ fn outputs<T: Float>(x: &Array2<T>, t: &Array2<T>) -> Vec<u64> {
             3.0,
             x.view(),
             tt.view(),
-            gx.view_mut(),
-            gt.view_mut(),
+            Some(gx.view_mut()),
+            Some(gt.view_mut()),
             log_target,
         )
         .unwrap();

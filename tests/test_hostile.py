@@ -290,7 +290,7 @@ def _long_way(x, t, reduction, log_target):
 
     p = _loss._Prepared(x, t)
     divisor = _loss._divisor(reduction, p.x_shape, p.shape)
-    return _loss._scalar(p.kernels.reduce(p.x, p.t, divisor, bool(log_target)), p.result)
+    return _loss._scalar(p.kernels.sum(p.x, p.t, bool(log_target)), divisor, p.result)
 
 
 @pytest.mark.parametrize(

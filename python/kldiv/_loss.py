@@ -6,6 +6,7 @@ into the arrays the kernels take, and the kernels' float64 sums into PyTorch's r
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import warnings
@@ -148,17 +149,42 @@ def kl_div_backward(
         raise TypeError("out must be a tuple (grad_input, grad_target) of two arrays")
     gx, gt = out if out is not None else (None, None)
     if out is not None:
-        _check_out(gx, p.x_shape, p.x_dtype, "out[0]", p)
-        _check_out(gt, p.t_shape, p.t_dtype, "out[1]", p)
-    gx_full = _full(gx, p, p.x_shape, p.x_dtype)
-    gt_full = _full(gt, p, p.t_shape, p.t_dtype)
+        _check_out(gx, p.x_shape, p.x_dtype, "out[0]")
+        _check_out(gt, p.t_shape, p.t_dtype, "out[1]")
+        _check_overlap(p, [("out[0]", gx), ("out[1]", gt)], grad_output=g)
+    grad_input, grad_target = _backward(g, p, reduction, log_target, gx, gt)
+    assert grad_input is not None and grad_target is not None
+    return grad_input, grad_target
+
+
+def _backward(
+    g: npt.NDArray[Any],
+    p: _Prepared,
+    reduction: str,
+    log_target: bool,
+    gx: npt.NDArray[Any] | None = None,
+    gt: npt.NDArray[Any] | None = None,
+    *,
+    need: tuple[bool, bool] = (True, True),
+) -> tuple[npt.NDArray[Any] | None, npt.NDArray[Any] | None]:
+    """The gradients that ``need`` asks for (input's, target's), as :func:`kl_div_backward`
+    computes them, ``g`` already checked and converted (``_grad_output``), ``gx``/``gt`` its
+    checked ``out`` arrays or None. The rest are None."""
+    gx_full = _full(gx, p, p.x_shape, p.x_dtype) if need[0] else None
+    gt_full = _full(gt, p, p.t_shape, p.t_dtype) if need[1] else None
     divisor = _divisor(reduction, p.x_shape, p.shape)
     p.kernels.backward(
-        p.view(g), divisor, p.x, p.t, p.view(gx_full), p.view(gt_full), bool(log_target)
+        p.view(g),
+        divisor,
+        p.x,
+        p.t,
+        None if gx_full is None else p.view(gx_full),
+        None if gt_full is None else p.view(gt_full),
+        bool(log_target),
     )
     return (
-        _reduce_to(gx_full, p.x_shape, p.x_dtype, gx),
-        _reduce_to(gt_full, p.t_shape, p.t_dtype, gt),
+        None if gx_full is None else _reduce_to(gx_full, p.x_shape, p.x_dtype, gx),
+        None if gt_full is None else _reduce_to(gt_full, p.t_shape, p.t_dtype, gt),
     )
 
 
@@ -198,18 +224,17 @@ def kl_div_and_grad(
         warnings.warn(_MEAN_WARNING, UserWarning, stacklevel=2)
     p = _Prepared(input, target)
     if out is not None:
-        _check_out(out, p.x_shape, p.x_dtype, "out", p)
+        _check_out(out, p.x_shape, p.x_dtype, "out")
+        _check_overlap(p, [("out", out)])
     gx_full = _full(out, p, p.x_shape, p.x_dtype)
     if reduction == "none":
         loss = p.kernels.empty(p.shape)
         p.kernels.terms_and_grad(p.x, p.t, p.view(loss), p.view(gx_full), bool(log_target))
-        value: Result = loss.astype(p.result, copy=False)
+        value: Result = _cast(loss, p.result)
     else:
         divisor = _divisor(reduction, p.x_shape, p.shape)
-        value = _scalar(
-            p.kernels.reduce_and_grad(p.x, p.t, divisor, p.view(gx_full), bool(log_target)),
-            p.result,
-        )
+        total = p.kernels.sum_and_grad(p.x, p.t, divisor, p.view(gx_full), bool(log_target))
+        value = _scalar(total, divisor, p.result)
     return value, _reduce_to(gx_full, p.x_shape, p.x_dtype, out)
 
 
@@ -242,8 +267,14 @@ class _Prepared:
             self.x_shape = self.t_shape = self.shape = self.x.shape
             self.x_dtype = self.t_dtype = self.result = self.compute = self.x.dtype
             return
-        x = _as_float_array(input, "input")
-        t = _as_float_array(target, "target")
+        # A Python float or int takes the other argument's dtype (NEP 50's weak scalars, as
+        # ``numpy.result_type`` promotes them).
+        x = None if _weak(input) else _as_float_array(input, "input")
+        t = None if _weak(target) else _as_float_array(target, "target")
+        if x is None:
+            x = _weak_array(input, t.dtype if t is not None else None, "input")
+        if t is None:
+            t = _weak_array(target, x.dtype, "target")
         self.x_shape, self.t_shape = x.shape, t.shape
         self.x_dtype = _native(x.dtype)
         self.t_dtype = _native(t.dtype)
@@ -270,7 +301,8 @@ class _Prepared:
                 "longer than 1; kldiv supports up to that many"
             )
         full = a.reshape((1,) * (len(self.shape) - a.ndim) + a.shape)
-        return full[tuple(slice(None) if i in keep else 0 for i in range(len(self.shape)))]
+        index = tuple(slice(None) if i in keep else 0 for i in range(len(self.shape)))
+        return full[(*index, ...)]  # the Ellipsis keeps a 0-d array an array
 
 
 class _Kernels:
@@ -278,10 +310,9 @@ class _Kernels:
 
     def __init__(self, suffix: str) -> None:
         self.sum = getattr(_kldiv, f"sum_{suffix}")
-        self.reduce = getattr(_kldiv, f"reduce_{suffix}")
         self.terms = getattr(_kldiv, f"terms_{suffix}")
         self.backward = getattr(_kldiv, f"backward_{suffix}")
-        self.reduce_and_grad = getattr(_kldiv, f"reduce_and_grad_{suffix}")
+        self.sum_and_grad = getattr(_kldiv, f"sum_and_grad_{suffix}")
         self.terms_and_grad = getattr(_kldiv, f"terms_and_grad_{suffix}")
         self.empty = getattr(_kldiv, f"empty_{suffix}")
 
@@ -333,21 +364,22 @@ def _kl_div(
     p = _Prepared(input, target)
     if reduction == "none":
         if out is not None:
-            _check_out(out, p.shape, p.result, "out", p)
+            _check_out(out, p.shape, p.result, "out")
+            _check_overlap(p, [("out", out)])
         dest = out if out is not None and p.result == p.compute else p.kernels.empty(p.shape)
         p.kernels.terms(p.x, p.t, p.view(dest), bool(log_target))
         if dest is out:
             return out
         if out is not None:
-            out[...] = dest
+            with np.errstate(over="ignore"):  # beyond float16's range it is +-inf
+                out[...] = dest
             return out
-        return dest.astype(p.result, copy=False)
+        return _cast(dest, p.result)
 
     if reduction == "mean":
         warnings.warn(_MEAN_WARNING, UserWarning, stacklevel=stacklevel)
     divisor = _divisor(reduction, p.x_shape, p.shape)
-    value = p.kernels.reduce(p.x, p.t, divisor, bool(log_target))
-    return _scalar(value, p.result)
+    return _scalar(p.kernels.sum(p.x, p.t, bool(log_target)), divisor, p.result)
 
 
 def partial_sum(input: npt.ArrayLike, target: npt.ArrayLike, log_target: bool = False) -> float:
@@ -362,13 +394,14 @@ def grad_part(
     input: npt.ArrayLike, target: npt.ArrayLike, divisor: float, log_target: bool = False
 ) -> npt.NDArray[Any]:
     """The input gradient (for a grad_output of 1) of a loss whose sum is divided by
-    ``divisor``, over one part of larger arrays (Dask's chunks): the same bits as the part of
-    :func:`kl_div_and_grad`'s gradient over the whole arrays."""
+    ``divisor``, over one part of larger arrays of one shape (Dask's chunks), in the compute
+    dtype (float32 for float16: the caller sums the parts, then rounds once): the same bits
+    as the part of :func:`kl_div_and_grad`'s gradient over the whole arrays."""
     check_options("sum", log_target)
     p = _Prepared(input, target)
     gx = p.kernels.empty(p.shape)
-    p.kernels.reduce_and_grad(p.x, p.t, float(divisor), p.view(gx), bool(log_target))
-    return _reduce_to(gx, p.x_shape, p.x_dtype, None)
+    p.kernels.sum_and_grad(p.x, p.t, float(divisor), p.view(gx), bool(log_target))
+    return gx
 
 
 def _divisor(reduction: str, input_shape: tuple[int, ...], shape: tuple[int, ...]) -> float:
@@ -381,14 +414,18 @@ def _divisor(reduction: str, input_shape: tuple[int, ...], shape: tuple[int, ...
     return 1.0
 
 
-def _scalar(value: float, dtype: np.dtype[Any]) -> np.floating[Any]:
-    """A kernel's result (already rounded to the compute dtype) as a NumPy scalar of ``dtype``.
+def _scalar(total: float, divisor: float, dtype: np.dtype[Any]) -> np.floating[Any]:
+    """A kernel's float64 sum divided by ``divisor`` (0/0 is NaN), rounded once to ``dtype``
+    as a NumPy scalar (beyond float16's range it is +-inf, as in PyTorch, without a warning)."""
+    with np.errstate(all="ignore"):
+        return dtype.type(np.float64(total) / np.float64(divisor))
 
-    Only float16 rounds again here (computed in float32, rounded once at the end)."""
-    if dtype is not _F16:
-        return dtype.type(value)
-    with np.errstate(over="ignore"):  # beyond float16's range it is +-inf, as in PyTorch
-        return dtype.type(value)
+
+def _cast(a: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """``a`` in ``dtype`` (no copy if it is already): values beyond the range of ``dtype`` become
+    +-inf without a warning, as PyTorch's casts do."""
+    with np.errstate(over="ignore"):
+        return a.astype(dtype, copy=False)
 
 
 def _grad_output(grad_output: npt.ArrayLike, reduction: str, p: _Prepared) -> npt.NDArray[Any]:
@@ -436,17 +473,17 @@ def _reduce_to(
     )
     if axes:
         with np.errstate(all="ignore"):  # inf + -inf is NaN, as in PyTorch: no warning
-            g = g.sum(axis=axes).reshape(shape)
+            g = np.asarray(g.sum(axis=axes)).reshape(shape)
     if out is not None:
-        out[...] = g
+        with np.errstate(over="ignore"):
+            out[...] = g
         return out
-    return g.astype(dtype, copy=False)
+    return _cast(g, dtype)
 
 
-def _check_out(
-    out: object, shape: tuple[int, ...], dtype: np.dtype[Any], name: str, p: _Prepared
-) -> None:
-    """Raises a clear error for an ``out`` array the result cannot be written into."""
+def _check_out(out: object, shape: tuple[int, ...], dtype: np.dtype[Any], name: str) -> None:
+    """Raises a clear error for an ``out`` array the result cannot be written into (see also
+    :func:`_check_overlap`)."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != shape:
@@ -457,8 +494,19 @@ def _check_out(
         raise ValueError(f"{name} is read-only")
     if not out.flags.aligned:
         raise ValueError(f"{name} is not aligned")
-    if any(np.may_share_memory(out, a) for a in (p.x, p.t)):
-        raise ValueError(f"{name} overlaps an input; pass a separate array")
+
+
+def _check_overlap(
+    p: _Prepared,
+    outs: list[tuple[str, npt.NDArray[Any]]],
+    grad_output: npt.NDArray[Any] | None = None,
+) -> None:
+    """Raises ``ValueError`` if an output's elements share memory, or it shares memory with
+    another output or an argument (the kernels' own check, with the caller's names)."""
+    inputs = [("input", p.x), ("target", p.t)]
+    if grad_output is not None:
+        inputs.append(("grad_output", grad_output))
+    _kldiv.check_outputs(inputs, outs)
 
 
 def check_options(reduction: object, log_target: object) -> None:
@@ -486,6 +534,23 @@ def _as_float_array(obj: object, name: str) -> npt.NDArray[Any]:
             f"arrays (convert it, e.g. with .astype(np.float32))"
         )
     return a
+
+
+def _weak(obj: object) -> bool:
+    """Whether ``obj`` is a Python float or int (not a bool): a weak scalar under NEP 50."""
+    return type(obj) is float or type(obj) is int
+
+
+def _weak_array(obj: Any, dtype: np.dtype[Any] | None, name: str) -> npt.NDArray[Any]:
+    """A weak scalar as a 0-d array of ``dtype`` (a float or int by itself: as NumPy makes
+    it)."""
+    if dtype is None:
+        return _as_float_array(obj, name)
+    try:
+        with np.errstate(over="ignore"):
+            return np.asarray(obj, dtype=dtype)
+    except OverflowError as e:
+        raise ValueError(f"{name} {obj!r} does not fit in {dtype}") from e
 
 
 def _broadcast_shape(x: npt.NDArray[Any], t: npt.NDArray[Any]) -> tuple[int, ...]:
@@ -563,13 +628,22 @@ def set_num_threads(n: int) -> None:
     Parameters
     ----------
     n : int
-        At least 1. The default is the ``KLDIV_NUM_THREADS`` environment variable, else the
-        number of CPUs.
+        From 1 to ``MAX_THREADS`` (1024). The default is the ``KLDIV_NUM_THREADS`` environment
+        variable, else the number of CPUs.
+
+    Raises
+    ------
+    ValueError
+        ``n`` below 1 or above ``MAX_THREADS``.
+    RuntimeError
+        The operating system would not start the threads (the pool stays as it was).
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"the number of threads must be an int, got {type(n).__name__}")
     if n < 1:
         raise ValueError(f"the number of threads must be at least 1, got {n}")
+    if n > MAX_THREADS:
+        raise ValueError(f"{n} threads asked for; kldiv runs on at most {MAX_THREADS} threads")
     _kldiv.set_num_threads(int(n))
 
 
@@ -587,11 +661,38 @@ def simd_level() -> str:
     return _kldiv.simd_level()
 
 
+MAX_THREADS: int = _kldiv.MAX_THREADS
+_SIMD_LEVELS = ("scalar", "avx2", "avx512")
+
+
 def _check_env() -> None:
+    """Warns about environment variables that kldiv ignores (and says what it does instead)."""
     value = os.environ.get("KLDIV_NUM_THREADS")
-    if value is not None and not (value.strip().isdigit() and int(value) > 0):
+    if value is not None and not (value.strip().isdigit() and 1 <= int(value) <= MAX_THREADS):
         warnings.warn(
-            f"KLDIV_NUM_THREADS={value!r} is not a positive integer; using the number of CPUs",
+            f"KLDIV_NUM_THREADS={value!r} is not an integer from 1 to {MAX_THREADS}; "
+            "using the number of CPUs",
             RuntimeWarning,
             stacklevel=3,
         )
+    level = os.environ.get("KLDIV_SIMD")
+    if level is not None:
+        name = level.strip().lower()
+        best = _kldiv.detected_simd_level()
+        if name not in _SIMD_LEVELS:
+            warnings.warn(
+                f"KLDIV_SIMD={level!r} is not one of {', '.join(_SIMD_LEVELS)}; using {best}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        elif _SIMD_LEVELS.index(name) > _SIMD_LEVELS.index(best):
+            warnings.warn(
+                f"KLDIV_SIMD={level!r}: this CPU supports {best} at best; using {best}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
+# Kernel calls still running in daemon threads at interpreter exit stop, and exit waits for
+# them: one taking the GIL back during finalization would abort the process.
+atexit.register(_kldiv.shutdown)

@@ -14,6 +14,7 @@ Importing this module needs Dask (``pip install "dask[array]"``).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,11 @@ def _prepare(input: Any, target: Any) -> tuple[da.Array, da.Array, da.Array, np.
     for name, a in (("input", x), ("target", t)):
         if a.dtype.kind != "f" or a.dtype.itemsize not in (2, 4, 8):
             raise TypeError(f"{name} has dtype {a.dtype}; kldiv computes on float16/32/64")
+        if any(math.isnan(n) for n in a.shape):
+            raise ValueError(
+                f"{name} has unknown chunk sizes (shape {a.shape}, as after boolean indexing); "
+                f"call {name}.compute_chunk_sizes() first"
+            )
     shape = _loss._broadcast_shapes(x.shape, t.shape)
     if shape is None:
         raise ValueError(
@@ -74,9 +80,11 @@ def _total(xb: da.Array, tb: da.Array, log_target: bool) -> da.Array:
 
 
 def _finish(total: da.Array, divisor: float, dtype: np.dtype[Any]) -> da.Array:
-    def divide(s: np.ndarray) -> np.ndarray:
-        with np.errstate(all="ignore"):
-            return np.asarray(np.float64(s) / np.float64(divisor)).astype(dtype)
+    """The loss from the float64 total: divided, rounded once to ``dtype``, a NumPy scalar (as
+    :func:`kldiv.kl_div` returns it)."""
+
+    def divide(s: np.ndarray) -> np.floating[Any]:
+        return _loss._scalar(float(s), divisor, dtype)
 
     return da.map_blocks(divide, total, dtype=dtype)
 
@@ -107,18 +115,21 @@ def kl_div_and_grad(
         loss = da.map_blocks(_chunk_terms, xb, tb, log_target=bool(log_target), dtype=dtype)
     else:
         loss = _finish(_total(xb, tb, bool(log_target)), divisor, dtype)
+    # Each chunk's gradient in the compute dtype (float32 for float16), summed over the axes
+    # ``input`` was broadcast along, then rounded once to its dtype.
+    compute = np.result_type(x.dtype, np.float32)
     grad = da.map_blocks(
         _chunk_grad,
         xb,
         tb,
         divisor=divisor,
         log_target=bool(log_target),
-        dtype=x.dtype,
+        dtype=compute,
     )
     lead = grad.ndim - x.ndim
     axes = tuple(range(lead)) + tuple(
         lead + i for i, n in enumerate(x.shape) if n == 1 and grad.shape[lead + i] != 1
     )
     if axes:
-        grad = grad.sum(axis=axes).reshape(x.shape).astype(x.dtype)
-    return loss, grad
+        grad = grad.sum(axis=axes).reshape(x.shape)
+    return loss, grad.map_blocks(_loss._cast, x.dtype, dtype=x.dtype)
