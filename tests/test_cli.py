@@ -50,7 +50,7 @@ def test_loss_equals_the_in_memory_call(files, reduction, monkeypatch):
 
 def test_npz_fortran_broadcast_and_log_target(files):
     d, x, t = files
-    r = run("loss", str(d / "xt.npz"), str(d / "xt.npz"), "--target-key", "t")
+    r = run("loss", str(d / "xt.npz"), str(d / "xt.npz"), "--input-key", "x", "--target-key", "t")
     assert float(r.stdout) == pytest.approx(float(kldiv.kl_div(x, t, "batchmean")), rel=1e-6)
     r = run("loss", str(d / "xf.npy"), str(d / "t.npy"))
     assert float(r.stdout) == pytest.approx(float(kldiv.kl_div(x, t, "batchmean")), rel=1e-6)
@@ -75,7 +75,7 @@ def test_none_writes_the_terms(files, tmp_path):
         (["x.npy", "ints.npy"], "target has dtype int64"),
         (["x.npy", "row.npy", "--reduction", "none"], "give --out"),
         (["x.npy", "xt.npz", "--target-key", "nope"], "no array 'nope'"),
-        (["ints.npy", "xt.npz"], "input has dtype int64"),
+        (["ints.npy", "xt.npz", "--target-key", "t"], "input has dtype int64"),
         (["x.npy", "xt.npz", "--target-key", "x", "--reduction", "avg"], "invalid choice"),
     ],
 )
@@ -112,7 +112,15 @@ def test_bounded_memory_and_a_progress_bar(tmp_path):
         "print(hwm.split()[1], file=sys.stderr); sys.exit(rc)"
     )
     r = subprocess.run(
-        [sys.executable, "-c", code, "loss", str(tmp_path / "x.npy"), str(tmp_path / "t.npy")],
+        [
+            sys.executable,
+            "-c",
+            code,
+            "loss",
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "t.npy"),
+            "--progress",
+        ],
         capture_output=True,
         text=True,
         timeout=600,

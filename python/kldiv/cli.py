@@ -3,24 +3,32 @@
 ``loss`` reads two ``.npy`` files memory-mapped, a block of rows at a time (so a pair of
 10 GB files needs about one block of memory, not 20 GB), sums the terms of each block in
 float64 with kldiv's kernels, and prints the reduced loss; with ``--reduction none`` it writes
-the terms to ``--out FILE.npy`` block by block. ``.npz`` members are read whole (a zip member
-cannot be memory-mapped). Errors are one line on stderr and exit status 2.
+the terms to ``--out FILE.npy`` block by block, into a temporary file in the same folder that
+replaces ``FILE.npy`` only once it is complete. ``.npz`` members are read whole (a zip member
+cannot be memory-mapped). Every file is checked (a regular file, its header against its size)
+before any work. Errors are one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import stat
 import sys
+import tempfile
 import time
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from . import _loss
+from ._kldiv import __version__
 from ._loss import REDUCTIONS
 
 BLOCK_BYTES = 64 << 20  # about this much of each input per block
@@ -31,43 +39,85 @@ class CliError(Exception):
     """An error reported as one line, without a traceback."""
 
 
+def _header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """The shape, Fortran order and dtype of the ``.npy`` data that ``f`` starts with."""
+    version = np.lib.format.read_magic(f)
+    read = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    return read(f)
+
+
 class _Source:
     """An input file read a block of rows at a time: each block of a C-ordered ``.npy`` file is
     a fresh memory map of just its bytes, unmapped when done, so memory stays bounded whatever
     the file's size. Fortran-ordered ``.npy`` files are mapped whole; ``.npz`` members are read
-    whole (a zip member cannot be memory-mapped)."""
+    whole (a zip member cannot be memory-mapped): the member named ``key``, else the one named
+    ``role`` (``input`` or ``target``), else the only one."""
 
-    def __init__(self, path: str, key: str | None) -> None:
-        if not os.path.exists(path):
-            raise CliError(f"{path}: no such file")
-        self.path, self.whole = path, None
+    def __init__(self, path: str, key: str | None, role: str) -> None:
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            raise CliError(f"{path}: no such file") from None
+        if not stat.S_ISREG(mode):
+            raise CliError(f"{path}: not a regular file")
+        self.path, self.whole, self.member = path, None, None
         try:
             if path.endswith(".npz"):
-                with np.load(path, allow_pickle=False) as z:
-                    names = list(z.files)
-                    if not names:
-                        raise CliError(f"{path}: no arrays in this .npz")
-                    name = key if key is not None else names[0]
-                    if name not in names:
-                        raise CliError(f"{path}: no array {name!r} (it has {', '.join(names)})")
-                    self.whole = z[name]
-                self.shape, self.dtype = self.whole.shape, self.whole.dtype
-                return
-            with open(path, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                read = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                self.shape, fortran, self.dtype = read(f)
-                self.offset = f.tell()
-            if fortran or len(self.shape) < 2 or self.shape[0] <= 1 or self.dtype.hasobject:
-                self.whole = np.load(path, mmap_mode="r", allow_pickle=False)
+                self._npz(key, role)
+            else:
+                self._npy()
         except CliError:
             raise
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise CliError(f"{path}: not a NumPy .npy/.npz file ({e})") from None
+        except MemoryError:
+            raise CliError(f"{path}: {self.nbytes} bytes do not fit in memory") from None
+
+    def _npy(self) -> None:
+        with open(self.path, "rb") as f:
+            self.shape, fortran, self.dtype = _header(f)
+            self.offset = f.tell()
+        size = os.path.getsize(self.path)
+        if size < self.offset + self.nbytes:
+            raise CliError(
+                f"{self.path}: truncated: its header says {self.shape} {self.dtype} "
+                f"({self.offset + self.nbytes} bytes), the file has {size} bytes"
+            )
+        if fortran or len(self.shape) < 2 or self.shape[0] <= 1 or self.dtype.hasobject:
+            self.whole = np.load(self.path, mmap_mode="r", allow_pickle=False)
+
+    def _npz(self, key: str | None, role: str) -> None:
+        with zipfile.ZipFile(self.path) as z:
+            names = [n[: -len(".npy")] for n in z.namelist() if n.endswith(".npy")]
+            if not names:
+                raise CliError(f"{self.path}: no arrays in this .npz")
+            if key is not None and key not in names:
+                raise CliError(f"{self.path}: no array {key!r} (it has {', '.join(names)})")
+            name = key if key is not None else role if role in names else None
+            if name is None and len(names) == 1:
+                name = names[0]
+            if name is None:
+                raise CliError(
+                    f"{self.path} holds {len(names)} arrays ({', '.join(names)}): name the "
+                    f"{role}'s with --{role}-key, or store it as {role!r}"
+                )
+            info = z.getinfo(name + ".npy")
+            with z.open(info) as f:
+                self.shape, _, self.dtype = _header(f)
+                header = f.tell()
+            if info.file_size != header + self.nbytes:
+                raise CliError(
+                    f"{self.path}: member {name!r} is truncated or corrupt: its header says "
+                    f"{self.shape} {self.dtype} ({header + self.nbytes} bytes), it holds "
+                    f"{info.file_size}"
+                )
+            with z.open(info) as f:
+                self.whole = np.lib.format.read_array(f, allow_pickle=False)
+            self.member = name
 
     @property
     def nbytes(self) -> int:
@@ -98,8 +148,12 @@ def _blocks(n: int, row_bytes: int) -> Iterator[tuple[int, int]]:
 
 
 class _Progress:
+    """A progress bar on stderr (by default drawn only when stderr is a terminal)."""
+
     def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self.t0 = total, enabled, time.monotonic()
+        self.total, self.t0 = total, time.monotonic()
+        self.enabled = enabled
+        self.drawn = False
 
     def update(self, done: int) -> None:
         if not self.enabled:
@@ -114,54 +168,141 @@ class _Progress:
             file=sys.stderr,
             flush=True,
         )
-        if done >= self.total:
+        self.drawn = True
+
+    def close(self) -> None:
+        """Ends the bar's line (so that what follows, an error included, starts a new one)."""
+        if self.drawn:
             print(file=sys.stderr)
+            self.drawn = False
+
+
+class _Output:
+    """The ``.npy`` file ``--out`` names, written as a temporary file in the same folder and
+    renamed into place by :meth:`commit`: a failure leaves the old file, or none."""
+
+    def __init__(self, path: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, self.temp = tempfile.mkstemp(
+            dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+        )
+        os.close(fd)
+        self.path = path
+        try:
+            self.array = np.lib.format.open_memmap(self.temp, mode="w+", dtype=dtype, shape=shape)
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> None:
+        self.array.flush()
+        del self.array
+        try:
+            mode = stat.S_IMODE(os.stat(self.path).st_mode)
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(self.temp, mode)
+        os.replace(self.temp, self.path)
+
+    def discard(self) -> None:
+        self.__dict__.pop("array", None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temp)
+
+
+def _check_out_path(out: str, inputs: Sequence[str]) -> None:
+    """Refuses an ``--out`` that is (or links to) an input, or is not a regular file."""
+    if not os.path.lexists(out):
+        return
+    try:
+        mode = os.stat(out).st_mode
+    except FileNotFoundError:  # a dangling link: the temporary file replaces it
+        return
+    if not stat.S_ISREG(mode):
+        raise CliError(f"--out {out}: not a regular file")
+    for path in inputs:
+        if os.path.samefile(out, path):
+            raise CliError(f"--out {out} is the input file {path}; write the terms elsewhere")
+
+
+def _meaning(reduction: str, x_shape: tuple[int, ...], shape: tuple[int, ...]) -> str:
+    """What the printed number is, for these shapes."""
+    if reduction == "sum":
+        return "the sum of t * (log t - x) over all elements"
+    if reduction == "mean":
+        return "that sum divided by the number of elements (not the KL divergence)"
+    if not x_shape:
+        return "the sum of t * (log t - x) (a 0-d input has no batch)"
+    n = x_shape[0]
+    if len(x_shape) >= 2 and len(x_shape) == len(shape) and n == shape[0]:
+        return f"the KL divergence of each row, averaged over the {n} rows"
+    return (
+        f"the sum of t * (log t - x) divided by the input's first dimension, {n} (not a mean "
+        "over rows: the input is 1-D or was broadcast along its first axis)"
+    )
 
 
 def loss(a: argparse.Namespace) -> int:
-    x, t = _Source(a.input, a.input_key), _Source(a.target, a.target_key)
+    if a.threads is not None and a.threads < 1:
+        raise CliError(f"--threads must be at least 1, got {a.threads}")
+    if a.reduction != "none" and a.out:
+        raise CliError(f"--out is for --reduction none; {a.reduction} prints one number")
+    if a.reduction == "none" and not a.out:
+        raise CliError("--reduction none writes the terms to a file: give --out FILE.npy")
+    x = _Source(a.input, a.input_key, "input")
+    t = _Source(a.target, a.target_key, "target")
+    if x.member is not None and x.member == t.member and os.path.samefile(a.input, a.target):
+        raise CliError(
+            f"input and target are both member {x.member!r} of {a.input}; "
+            "name them with --input-key and --target-key"
+        )
     for name, src in (("input", x), ("target", t)):
         if src.dtype.kind != "f" or src.dtype.itemsize not in (2, 4, 8):
             raise CliError(f"{name} has dtype {src.dtype}; kldiv needs float16/32/64 arrays")
     shape = _loss._broadcast_shapes(x.shape, t.shape)
     if shape is None:
         raise CliError(f"input of shape {x.shape} and target of shape {t.shape} do not broadcast")
-    if a.threads:
+    if a.out:
+        _check_out_path(a.out, (a.input, a.target))
+    if a.threads is not None:
         _loss.set_num_threads(a.threads)
     ndim = len(shape)
     n = shape[0] if ndim else 1
     total_bytes = x.nbytes + t.nbytes
-    progress = _Progress(total_bytes, not a.quiet and total_bytes >= PROGRESS_BYTES)
+    shown = a.progress or (not a.quiet and total_bytes >= PROGRESS_BYTES and sys.stderr.isatty())
+    progress = _Progress(total_bytes, shown)
     result = np.result_type(x.dtype, t.dtype).newbyteorder("=")
-    out = None
-    if a.reduction == "none":
-        if not a.out:
-            raise CliError("--reduction none writes the terms to a file: give --out FILE.npy")
-        out = np.lib.format.open_memmap(a.out, mode="w+", dtype=result, shape=shape)
+    out = _Output(a.out, result, shape) if a.out else None
     total = 0.0
-    for start, stop in _blocks(n, total_bytes // max(1, n)):
-        xb, tb = x.rows(ndim, start, stop), t.rows(ndim, start, stop)
+    try:
+        for start, stop in _blocks(n, total_bytes // max(1, n)):
+            xb, tb = x.rows(ndim, start, stop), t.rows(ndim, start, stop)
+            if out is not None:
+                dest = out.array[start:stop] if ndim else out.array
+                _loss.kl_div(xb, tb, "none", a.log_target, out=dest)
+            else:
+                total += _loss.partial_sum(xb, tb, a.log_target)
+            del xb, tb  # unmap the block
+            progress.update(int(stop / n * total_bytes))
         if out is not None:
-            _loss.kl_div(xb, tb, "none", a.log_target, out=out[start:stop] if ndim else out)
-            out.flush()
-        else:
-            total += _loss.partial_sum(xb, tb, a.log_target)
-        del xb, tb  # unmap the block
-        progress.update(int(stop / n * total_bytes))
+            out.commit()
+    except BaseException:
+        if out is not None:
+            out.discard()
+        raise
+    finally:
+        progress.close()
     if out is not None:
         print(f"wrote the {a.reduction} loss, shape {shape}, {result}, to {a.out}")
         return 0
-    size = math.prod(shape)
-    divisor = {"sum": 1, "mean": size, "batchmean": x.shape[0] if x.shape else 1}[a.reduction]
-    with np.errstate(all="ignore"):
-        value = result.type(np.float64(total) / np.float64(divisor))
-    meaning = {
-        "sum": "the sum of t * (log t - x) over all elements",
-        "mean": "that sum divided by the number of elements (not the KL divergence)",
-        "batchmean": "the KL divergence of each row, averaged over the rows",
-    }[a.reduction]
-    print(value)
-    print(f"# {a.reduction}: {meaning}; shape {shape}, {result}", file=sys.stderr)
+    divisor = _loss._divisor(a.reduction, x.shape, shape)
+    print(_loss._scalar(total, divisor, result))
+    print(
+        f"# {a.reduction}: {_meaning(a.reduction, x.shape, shape)}; shape {shape}, {result}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -173,6 +314,7 @@ def bench(a: argparse.Namespace, rest: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kldiv", description="KL divergence loss (PyTorch's kl_div)")
+    p.add_argument("--version", action="version", version=f"kldiv {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     lp = sub.add_parser("loss", help="the loss of two .npy/.npz files")
     lp.add_argument("input", help="log-probabilities x (.npy, memory-mapped, or .npz)")
@@ -185,10 +327,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     lp.add_argument("--log-target", action="store_true", help="target holds log-probabilities")
     lp.add_argument("--out", help="with --reduction none: the .npy file to write the terms to")
-    lp.add_argument("--input-key", help=".npz member of the input (default: the first)")
-    lp.add_argument("--target-key", help=".npz member of the target (default: the first)")
-    lp.add_argument("--threads", type=int, default=0, help="threads (default: all CPUs)")
-    lp.add_argument("--quiet", action="store_true", help="no progress bar")
+    lp.add_argument(
+        "--input-key", help=".npz member of the input (default: 'input', or the only member)"
+    )
+    lp.add_argument(
+        "--target-key", help=".npz member of the target (default: 'target', or the only member)"
+    )
+    lp.add_argument("--threads", type=int, help="threads (default: all CPUs)")
+    bar = lp.add_mutually_exclusive_group()
+    bar.add_argument("--quiet", action="store_true", help="no progress bar")
+    bar.add_argument(
+        "--progress", action="store_true", help="a progress bar even when stderr is not a terminal"
+    )
     sub.add_parser("bench", help="the benchmark table; options: kldiv bench --help", add_help=False)
     args, rest = p.parse_known_args(argv)
     try:
@@ -199,8 +349,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the help says what mean is
             return loss(args)
-    except (CliError, TypeError, ValueError, OSError) as e:
+    except (CliError, TypeError, ValueError, OSError, RuntimeError) as e:
         print(f"kldiv: error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError as e:
+        print(f"kldiv: error: out of memory ({e})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
