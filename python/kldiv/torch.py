@@ -6,7 +6,8 @@ autograd: the same warnings and errors, PyTorch's dtype promotion, PyTorch's che
 modified in place between forward and backward. CPU float32/float64 tensors (any strides) go
 through kldiv without copies: the forward pass computes the loss, the backward pass the
 gradients that are needed, each in one pass. Everything else goes to PyTorch's own ``kl_div``,
-unchanged: other devices and dtypes (CUDA, bfloat16, float16, integers), tensor subclasses with
+unchanged: other devices and dtypes (CUDA, bfloat16, float16, integers; a target whose dtype is
+not the result's, as PyTorch computes on it in its own dtype), tensor subclasses with
 ``__torch_function__``, ``torch.func`` transforms (``vmap``, ``grad``, ``jvp``), forward-mode AD
 (dual tensors), TorchScript, tracing and ``torch.compile``. Higher-order gradients
 (``create_graph=True``) are built from PyTorch's own operations, as PyTorch's backward is.
@@ -79,7 +80,13 @@ def _composite(*tensors: Tensor | None) -> bool:
 
 
 def _fast(input: Any, target: Any) -> bool:
-    """Whether kldiv's kernels take these arguments (else PyTorch's own kl_div does)."""
+    """Whether kldiv's kernels take these arguments (else PyTorch's own kl_div does).
+
+    The target must have the result's dtype: PyTorch takes ``xlogy(t, t)`` (``exp(t)``) in
+    the target's own dtype before promoting, which kldiv, computing in the result's dtype,
+    would not round the same way (a float32 target against a float64 input, a 0-d float64
+    target against a float32 input, a float16 target). PyTorch converts the input to the
+    result's dtype, as kldiv does."""
     return (
         type(input) in (Tensor, torch.nn.Parameter)
         and type(target) in (Tensor, torch.nn.Parameter)
@@ -88,8 +95,8 @@ def _fast(input: Any, target: Any) -> bool:
         and input.layout == torch.strided
         and target.layout == torch.strided
         and input.dtype in _FLOAT_DTYPES
-        and target.dtype in _FLOAT_DTYPES
-        and torch.result_type(input, target) in _FAST_DTYPES
+        and target.dtype in _FAST_DTYPES
+        and torch.result_type(input, target) == target.dtype
         and not has_torch_function_variadic(input, target)
         and not _composite(input, target)
     )
@@ -225,7 +232,7 @@ def kl_div(
         # broadcast), with its own warnings.
         return _torch_kl_div(input, target, size_average, reduce, reduction, log_target)
     if size_average is not None or reduce is not None:
-        name = _reduction.legacy_get_string(size_average, reduce)
+        name = _REDUCTION_NAMES[_reduction.legacy_get_enum(size_average, reduce)]
     else:
         if reduction == "mean":
             warnings.warn(_MEAN_WARNING, stacklevel=2)
