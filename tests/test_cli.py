@@ -3,8 +3,15 @@ one line with exit status 2, and bounded memory on files larger than a block."""
 
 from __future__ import annotations
 
+import io
+import os
+import re
+import signal
+import stat
 import subprocess
 import sys
+import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -12,10 +19,11 @@ import pytest
 import kldiv
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kldiv", *args], capture_output=True, text=True, timeout=600
-    )
+def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python -m kldiv ARGS``, its output decoded as is (text=True would turn carriage
+    returns into newlines)."""
+    r = subprocess.run([sys.executable, "-m", "kldiv", *args], capture_output=True, timeout=timeout)
+    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(), r.stderr.decode())
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +174,295 @@ def test_bench_times_w1_in_turns_with_the_workloads_measured_against_it():
     assert w1["ns_per_element"] == w1["ns_per_call"] / x1.size
     assert "W8 takes" in _bench.format_table(res)
     assert not any("DIFFERS" in n for n in res["notes"])
+
+
+# The contract of "Never destroy a file from the command line": each test below failed on the
+# command line before it (except where a comment says otherwise).
+
+
+def fails_in_one_line(r: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """Exit status 2, nothing on stdout (no number, so no silent nan), one line on stderr."""
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kldiv: error: "), r.stderr
+    assert "Traceback" not in r.stderr and "\r" not in r.stderr
+    for needle in needles:
+        assert needle in r.stderr
+
+
+@pytest.fixture
+def small(tmp_path):
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((64, 16)).astype(np.float32)
+    x = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    t = np.exp(x[::-1])
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "t.npy", t)
+    return tmp_path, x, t
+
+
+@pytest.mark.parametrize("how", ["same path", "another path", "symlink", "hard link", "target"])
+def test_out_is_never_an_input(small, how):
+    d, _, _ = small
+    (d / "sub").mkdir()
+    out = {
+        "same path": d / "x.npy",
+        "another path": d / "sub" / ".." / "x.npy",
+        "symlink": d / "sub" / "link.npy",
+        "hard link": d / "sub" / "hard.npy",
+        "target": d / "sub" / "hard.npy",
+    }[how]
+    if how == "symlink":
+        os.symlink(d / "x.npy", out)
+    elif how != "same path" and how != "another path":
+        os.link(d / ("t.npy" if how == "target" else "x.npy"), out)
+    before = {p.name: p.read_bytes() for p in d.glob("*.npy")}
+    listing = sorted(os.listdir(d / "sub"))
+    r = run("loss", str(d / "x.npy"), str(d / "t.npy"), "--reduction", "none", "--out", str(out))
+    fails_in_one_line(r, "--out")
+    assert {p.name: p.read_bytes() for p in d.glob("*.npy")} == before
+    assert sorted(os.listdir(d / "sub")) == listing  # no temporary file either
+
+
+@pytest.mark.parametrize("existing", [False, True])
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_failed_run_leaves_no_output_and_a_good_one_replaces_it(
+    small, monkeypatch, capsys, existing, error
+):
+    from kldiv import _loss, cli
+
+    d, x, t = small
+    folder = d / "out"
+    folder.mkdir()
+    out = folder / "terms.npy"
+    earlier = b"an earlier run's terms"
+    if existing:
+        out.write_bytes(earlier)
+        out.chmod(0o664)
+    monkeypatch.setattr(cli, "BLOCK_BYTES", 1024)  # blocks of 8 of the 64 rows
+    kl_div, calls = _loss.kl_div, []
+
+    def fails_after_the_first_block(*args, **kwargs):
+        calls.append(args)
+        if len(calls) > 1:
+            raise error("the second block failed")
+        return kl_div(*args, **kwargs)
+
+    monkeypatch.setattr(_loss, "kl_div", fails_after_the_first_block)
+    argv = ["loss", str(d / "x.npy"), str(d / "t.npy"), "--reduction", "none", "--out", str(out)]
+    try:
+        rc = cli.main(argv)
+    except (RuntimeError, KeyboardInterrupt):
+        rc = None  # escaped main
+    assert len(calls) == 2
+    assert os.listdir(folder) == (["terms.npy"] if existing else [])  # no partial nor temp file
+    if existing:
+        assert out.read_bytes() == earlier
+    assert rc == (2 if error is RuntimeError else 130)
+    if error is RuntimeError:
+        assert capsys.readouterr().err == "kldiv: error: the second block failed\n"
+
+    monkeypatch.setattr(_loss, "kl_div", kl_div)
+    umask = os.umask(0o022)
+    try:
+        rc = cli.main(argv)
+    finally:
+        os.umask(umask)
+    assert rc == 0
+    assert os.listdir(folder) == ["terms.npy"]
+    np.testing.assert_array_equal(np.load(out), kldiv.kl_div(x, t, "none"))
+    # the old file's mode, else the umask's (not the temporary file's 0600)
+    assert stat.S_IMODE(out.stat().st_mode) == (0o664 if existing else 0o644)
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_members_named_input_and_target(small, save):
+    d, x, t = small
+    save(d / "pair.npz", target=t, input=x)
+    r = run("loss", str(d / "pair.npz"), str(d / "pair.npz"))
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) == pytest.approx(float(kldiv.kl_div(x, t, "batchmean")), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["xt.npz", "xt.npz"], "--input-key"),
+        (["xt.npz", "xt.npz", "--input-key", "x"], "--target-key"),
+        (["xt.npz", "xt.npz", "--input-key", "x", "--target-key", "x"], "'x'"),
+        (["xt.npz", "same.npz", "--input-key", "t", "--target-key", "t"], "'t'"),  # hard link
+        (["one.npz", "one.npz"], "'x'"),  # the only member, for both
+    ],
+)
+def test_npz_members_are_never_guessed(small, args, message):
+    d, x, t = small
+    np.savez(d / "xt.npz", x=x, t=t)
+    os.link(d / "xt.npz", d / "same.npz")
+    np.savez(d / "one.npz", x=x)
+    fails_in_one_line(
+        run("loss", *[str(d / a) if a.endswith(".npz") else a for a in args]), message
+    )
+
+
+@pytest.mark.parametrize(
+    "options", [[], ["--progress"], ["--reduction", "none", "--out", "terms.npy"]]
+)
+@pytest.mark.parametrize("which", ["x.npy", "t.npy"])
+def test_a_truncated_npy_is_refused_before_any_work(small, which, options):
+    d, _, _ = small
+    data = (d / which).read_bytes()
+    (d / which).write_bytes(data[: len(data) - 100])  # the last rows are missing
+    folder = d / "out"
+    folder.mkdir()
+    options = [str(folder / o) if o.endswith(".npy") else o for o in options]
+    r = run("loss", str(d / "x.npy"), str(d / "t.npy"), *options)
+    fails_in_one_line(r, str(d / which), "truncated")
+    assert "%" not in r.stderr  # no progress bar
+    assert os.listdir(folder) == []
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "batchmean"])
+def test_out_without_reduction_none_is_an_error(small, reduction):
+    d, _, _ = small
+    out = d / "terms.npy"
+    r = run("loss", str(d / "x.npy"), str(d / "t.npy"), "--reduction", reduction, "--out", str(out))
+    fails_in_one_line(r, "--out")
+    assert not out.exists()
+
+
+# 1000000000 was a one-line error before too: the cap is in kldiv.set_num_threads
+@pytest.mark.parametrize("threads", ["0", "1000000000"])
+def test_threads_out_of_range(small, threads):
+    d, _, _ = small
+    t0 = time.monotonic()
+    r = run("loss", str(d / "x.npy"), str(d / "t.npy"), "--threads", threads)
+    assert time.monotonic() - t0 < 5
+    fails_in_one_line(r, threads)
+
+
+def test_version():
+    r = run("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"kldiv {kldiv.__version__}"
+
+
+def test_a_progress_bar_only_on_a_terminal_or_asked_for(tmp_path):
+    rows, cols = (1 << 15) + 8, 1 << 10  # 2 x 128 MiB and a bit: enough for a bar
+    for name, fill in (("x", -2.0), ("t", 0.5)):
+        m = np.lib.format.open_memmap(tmp_path / f"{name}.npy", "w+", np.float32, (rows, cols))
+        m[...] = fill
+        m.flush()
+        del m
+    term = 0.5 * float(np.log(np.float32(0.5))) + 1.0
+    files = str(tmp_path / "x.npy"), str(tmp_path / "t.npy")
+    r = run("loss", *files)  # stderr is a pipe
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) == pytest.approx(cols * term, rel=1e-6)
+    assert "\r" not in r.stderr and "%" not in r.stderr
+    assert r.stderr.startswith("# batchmean")
+    r = run("loss", *files, "--progress")
+    assert r.returncode == 0, r.stderr
+    assert "\r" in r.stderr and "100.0%" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "t_shape", "words", "divisor"),
+    [
+        ((37,), (37,), "divided by", 37),  # 1-D: the sum over the 37 elements / 37
+        ((1, 8), (5, 8), "divided by", 1),  # broadcast along the first axis: the sum / 1
+        ((5, 8), (5, 8), "averaged over", 5),  # the mean of the 5 rows' divergences
+    ],
+)
+def test_batchmean_says_what_it_divides_by(tmp_path, x_shape, t_shape, words, divisor):
+    rng = np.random.default_rng(3)
+    x = -np.abs(rng.standard_normal(x_shape)).astype(np.float32)
+    t = rng.uniform(0.1, 1.0, t_shape).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "t.npy", t)
+    r = run("loss", str(tmp_path / "x.npy"), str(tmp_path / "t.npy"))
+    assert r.returncode == 0, r.stderr
+    want = kldiv.kl_div(x, t, "sum") / divisor
+    assert float(r.stdout) == pytest.approx(float(want), rel=1e-6)
+    (line,) = [line for line in r.stderr.splitlines() if line.startswith("# ")]
+    meaning = line.split("; shape")[0]
+    assert re.search(rf"{words}\D*\b{divisor}\b", meaning), line
+    if words == "divided by":
+        assert "averaged over" not in meaning and "each row" not in meaning, line
+
+
+def _npz_claiming_2_to_the_40(path):
+    """An .npz whose member's header says (2**20, 2**20) float32 (4 TiB), holding 16 floats."""
+    np.savez(path, x=np.zeros((4, 4), np.float32))
+    with zipfile.ZipFile(path) as z:
+        body = z.read("x.npy")[-64:]
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (1 << 20, 1 << 20)}
+    )
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", header.getvalue() + body)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "random.npz",  # was a one-line error before too (NumPy took it for a pickle)
+        "random-zip.npz",
+        "half.npz",
+        "huge.npz",
+        "fifo.npy",
+        "fifo.npz",
+        "folder.npy",  # was a one-line error before too
+        "folder.npz",  # was a one-line error before too
+    ],
+)
+@pytest.mark.parametrize("role", ["input", "target"])
+def test_unreadable_inputs_are_one_line_errors(small, bad, role):
+    d, x, _ = small
+    path = d / bad
+    rng = np.random.default_rng(4)
+    if bad == "random.npz":
+        path.write_bytes(rng.bytes(4096))
+    elif bad == "random-zip.npz":
+        path.write_bytes(b"PK\x03\x04" + rng.bytes(4096))
+    elif bad == "half.npz":
+        np.savez(d / "whole.npz", input=x)
+        data = (d / "whole.npz").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif bad == "huge.npz":
+        _npz_claiming_2_to_the_40(path)
+    elif bad.startswith("fifo"):
+        os.mkfifo(path)  # no writer: opening it would block
+    else:
+        path.mkdir()
+    files = [str(path), str(d / "t.npy")] if role == "input" else [str(d / "x.npy"), str(path)]
+    r = run("loss", *files, timeout=20)  # a FIFO must not hang it
+    fails_in_one_line(r, str(path))
+
+
+def test_keys_are_for_npz_files_and_out_folders_must_exist(small):
+    d, _, _ = small
+    r = run("loss", str(d / "x.npy"), str(d / "t.npy"), "--input-key", "zz")
+    fails_in_one_line(r, "--input-key", "x.npy is not one")
+    out = d / "missing" / "o.npy"
+    r = run("loss", str(d / "x.npy"), str(d / "t.npy"), "--reduction", "none", "--out", str(out))
+    fails_in_one_line(r, f"--out {out}: cannot write in {out.parent}")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
+def test_sigterm_leaves_no_partial_output(tmp_path):
+    # 2 x 512 MiB on one thread: long enough to be stopped while the terms are written.
+    rows, cols = 1 << 14, 1 << 13
+    for name, fill in (("x", -2.0), ("t", 0.5)):
+        m = np.lib.format.open_memmap(tmp_path / f"{name}.npy", "w+", np.float32, (rows, cols))
+        m[...] = fill
+        m.flush()
+        del m
+    args = [str(tmp_path / "x.npy"), str(tmp_path / "t.npy"), "--reduction", "none"]
+    out = ["--out", str(tmp_path / "o.npy"), "--threads", "1"]
+    p = subprocess.Popen([sys.executable, "-m", "kldiv", "loss", *args, *out])
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(60) == 128 + signal.SIGTERM
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["t.npy", "x.npy"]

@@ -1,7 +1,5 @@
 """``python -m kldiv``: the command line (see :mod:`kldiv.cli`)."""
 
-import sys
+from .cli import _entry
 
-from .cli import main
-
-sys.exit(main())
+_entry()

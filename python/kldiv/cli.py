@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import math
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -183,9 +184,12 @@ class _Output:
 
     def __init__(self, path: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> None:
         folder = os.path.dirname(os.path.abspath(path))
-        fd, self.temp = tempfile.mkstemp(
-            dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-        )
+        try:
+            fd, self.temp = tempfile.mkstemp(
+                dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+            )
+        except OSError as e:
+            raise CliError(f"--out {path}: cannot write in {folder} ({e.strerror})") from None
         os.close(fd)
         self.path = path
         try:
@@ -251,6 +255,9 @@ def loss(a: argparse.Namespace) -> int:
         raise CliError(f"--out is for --reduction none; {a.reduction} prints one number")
     if a.reduction == "none" and not a.out:
         raise CliError("--reduction none writes the terms to a file: give --out FILE.npy")
+    for role, path, key in (("input", a.input, a.input_key), ("target", a.target, a.target_key)):
+        if key is not None and not path.endswith(".npz"):
+            raise CliError(f"--{role}-key names a member of an .npz file; {path} is not one")
     x = _Source(a.input, a.input_key, "input")
     t = _Source(a.target, a.target_key, "target")
     if x.member is not None and x.member == t.member and os.path.samefile(a.input, a.target):
@@ -359,5 +366,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM ends the run as Ctrl-C does (the temporary output file is removed), with the
+    exit status of a process that SIGTERM ended."""
+    raise SystemExit(128 + signum)
+
+
 def _entry() -> Any:
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())
