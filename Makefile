@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export CARGO_BUILD_JOBS ?= 2
 
-.PHONY: demo build-dev test test-rust test-python test-torch test-exhaustive test-long lint format bench bench-rust fixtures clean
+.PHONY: demo build-dev test test-rust test-python test-torch test-exhaustive test-long miri lint format bench bench-rust fixtures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,16 +26,28 @@ test: build-dev test-rust test-python
 
 test-rust:
 	cargo test -j2
-	cargo test -j2 --release --test simd_levels
+	cargo test -j2 --release --test simd_levels --test soundness
 
-## kldiv.torch against PyTorch: installs PyTorch from PyPI into .venv (a large download, kept in
-## pip's cache); if the install fails (no network, no disk), says so loudly and skips only these.
+## kldiv.torch against PyTorch, and PyTorch's own kl_div test suites (OpInfo, ModuleInfo,
+## common_nn) run with kldiv.torch in its place: installs PyTorch and expecttest from PyPI into
+## .venv (a large download, kept in pip's cache); if the install fails (no network, no disk),
+## says so loudly and skips only these.
 test-torch: build-dev
-	@if $(BIN)/python -m pip install -q torch; then \
-		$(BIN)/python -m pytest -q tests/test_torch.py; \
+	@if $(BIN)/python -m pip install -q torch expecttest; then \
+		$(BIN)/python -m pytest -q tests/test_torch.py tests/test_torch_suites.py; \
 	else \
 		echo "!!! test-torch: PyTorch could not be installed: kldiv.torch was NOT tested !!!" >&2; \
 	fi
+
+## Miri (Tree Borrows) over the crate's unit tests and tests/small_layouts.rs: the pool, the
+## walks, the tiles and the reductions, at the scalar level, with small blocks (see
+## parallel.rs) so that small arrays reach several threads. Needs rustup's nightly toolchain;
+## adds its miri component. Leaks are not reported (the pool's threads outlive the tests), and
+## integer-to-pointer casts are allowed (rayon's crossbeam-epoch makes them).
+miri:
+	rustup component add --toolchain nightly miri rust-src
+	MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-permissive-provenance" \
+		cargo +nightly miri test -j2 --lib --test small_layouts
 
 ## ln and exp over all 2^32 float32 inputs, at each SIMD level the CPU has (release mode).
 test-exhaustive:

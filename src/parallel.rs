@@ -21,13 +21,14 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::simd::with_default_fp;
 
-/// Logical elements per block (a multiple of [`crate::reduce::LANES`]). Smaller under Miri, so
-/// that its tests reach many blocks and several threads with small arrays.
-pub(crate) const BLOCK: usize = if cfg!(miri) { 64 } else { 4096 };
+/// Logical elements per block (a multiple of [`crate::reduce::LANES`]). These sizes are
+/// smaller under Miri, so that its tests reach several blocks, rows and threads (and the
+/// transposed path) with arrays small enough to interpret.
+pub(crate) const BLOCK: usize = if cfg!(miri) { 32 } else { 4096 };
 /// Below this many elements a kernel stays on the calling thread.
-pub(crate) const PARALLEL_MIN: usize = if cfg!(miri) { 512 } else { 1 << 16 };
+pub(crate) const PARALLEL_MIN: usize = if cfg!(miri) { 128 } else { 1 << 16 };
 /// Canonical rows are at least this long (unless the whole shape is shorter).
-pub(crate) const ROW_MIN: usize = 256;
+pub(crate) const ROW_MIN: usize = if cfg!(miri) { 16 } else { 256 };
 /// The most elements a thread claims at a time (in whole tasks; fewer for small inputs, so
 /// that each thread gets about [`CLAIMS_PER_THREAD`] claims or more). Each claim is an atomic
 /// add on a counter all threads share; claims of 2^16 elements ran 1e7 f32 elements about 20%
@@ -708,6 +709,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "written for the real BLOCK")]
     fn blocks_never_cross_a_row() {
         let b = Blocks::new(&[0]);
         assert_eq!(b.count(), 0);

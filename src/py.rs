@@ -34,14 +34,12 @@ fn py_error(e: Error) -> PyErr {
     match e {
         Error::OutOfMemory { .. } => PyMemoryError::new_err(e.to_string()),
         Error::ThreadStart(_) => PyRuntimeError::new_err(e.to_string()),
-        Error::Interrupted => PyRuntimeError::new_err(
-            "kldiv: the call was cancelled because the interpreter is shutting down",
-        ),
+        Error::Interrupted => PyRuntimeError::new_err("kldiv: the call was interrupted"),
         _ => PyValueError::new_err(e.to_string()),
     }
 }
 
-/// Set by [`shutdown`]: no kernel starts any more, and those running stop.
+/// Set by [`shutdown`]: kernel calls of other threads than the main one stop and never return.
 static CLOSED: AtomicBool = AtomicBool::new(false);
 /// Calls between their start in [`run`] and their return to Python (the GIL taken back).
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
@@ -51,10 +49,14 @@ static MAIN_THREAD: AtomicUsize = AtomicUsize::new(0);
 /// Runs a kernel with the GIL released: every kernel call of the module goes through here.
 ///
 /// On the main thread the kernel checks for signals (Ctrl-C) about every 100 ms (see
-/// [`crate::with_interrupt`]) and stops with the exception their handlers raise. Interpreter
-/// shutdown ([`shutdown`]) waits until no call is between here and its return to Python: a
-/// daemon thread that took the GIL back during finalization would be ended by `pthread_exit`,
-/// whose unwinding through these Rust frames aborts the process.
+/// [`crate::with_interrupt`]) and stops with the exception their handlers raise.
+///
+/// Interpreter exit: once Python finalizes, a thread that takes the GIL back is ended by
+/// `pthread_exit`, whose unwinding through these Rust frames aborts the process. So
+/// [`shutdown`] (at `atexit`, before finalization) waits until no call is between here and its
+/// return to Python; calls of other threads (daemon threads) still running then stop at their
+/// next check, and those and any later ones park for good with the GIL released, as daemon
+/// threads do in Python 3.14: the process exits around them.
 fn run<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> Result<R, Error> + Send) -> PyResult<R> {
     struct Done;
     impl Drop for Done {
@@ -62,25 +64,25 @@ fn run<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> Result<R, Error> + Send
             IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
         }
     }
-    // Under the GIL, as `shutdown` sets CLOSED: a call either counts itself in first, or
-    // sees CLOSED and does not start.
-    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
-    let _done = Done; // dropped once the GIL is held again
-    if CLOSED.load(Ordering::SeqCst) {
-        return Err(PyRuntimeError::new_err(
-            "kldiv: the interpreter is shutting down",
-        ));
+    fn park_forever() -> ! {
+        loop {
+            std::thread::park();
+        }
     }
     // SAFETY: `PyThread_get_thread_ident` only reads the calling thread's id.
     let main = unsafe { pyo3::ffi::PyThread_get_thread_ident() } as usize
         == MAIN_THREAD.load(Ordering::Relaxed);
+    // Under the GIL, as `shutdown` sets CLOSED: a call either counts itself in first (and
+    // `shutdown` waits for it), or sees CLOSED.
+    if !main && CLOSED.load(Ordering::SeqCst) {
+        py.detach(park_forever);
+    }
+    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+    let _done = Done; // dropped once the GIL is held again
     let raised: Mutex<Option<PyErr>> = Mutex::new(None);
     let interrupted = || {
-        if CLOSED.load(Ordering::Relaxed) {
-            return true;
-        }
         if !main {
-            return false;
+            return CLOSED.load(Ordering::Relaxed);
         }
         match Python::attach(|py| py.check_signals()) {
             Ok(()) => false,
@@ -90,7 +92,14 @@ fn run<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> Result<R, Error> + Send
             }
         }
     };
-    let result = py.detach(|| crate::with_interrupt(interrupted, kernel));
+    let result = py.detach(|| {
+        let result = crate::with_interrupt(interrupted, kernel);
+        if !main && CLOSED.load(Ordering::SeqCst) {
+            IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+            park_forever();
+        }
+        result
+    });
     result.map_err(|e| {
         let raised = raised.lock().unwrap_or_else(|e| e.into_inner()).take();
         match (e, raised) {
@@ -100,9 +109,9 @@ fn run<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> Result<R, Error> + Send
     })
 }
 
-/// Stops kernel calls for interpreter shutdown (Python's `atexit`): new calls raise
-/// `RuntimeError`, running ones stop at their next check, and this returns once none is left
-/// (see [`run`]).
+/// Readies kernel calls for interpreter exit (Python's `atexit`; see [`run`]): calls of other
+/// threads stop, and this returns once none is left between its start and its return to
+/// Python. The main thread's later calls (in other `atexit` functions) run as before.
 #[pyfunction]
 fn shutdown(py: Python<'_>) {
     CLOSED.store(true, Ordering::SeqCst);

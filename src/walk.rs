@@ -508,17 +508,18 @@ pub(crate) fn prefetch_ahead<T>(s: &[T], i: usize) {
     prefetch(s.as_ptr().wrapping_add(i + step))
 }
 
-/// Asks the CPU to bring the cache line at `p` into L1 (no effect on other targets).
+/// Asks the CPU to bring the cache line at `p` into L1 (no effect on other targets, nor under
+/// Miri).
 #[inline(always)]
 fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program, so
     // any address is allowed (`p` may lie outside the view: it is made with `wrapping_offset`).
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
     };
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = p;
 }
 
@@ -695,6 +696,44 @@ mod tests {
         let w = Walk::<2>::new(&[3, 0], [&[0, 1], &[0, 1]]).unwrap();
         assert_eq!(w.blocks().len(), 0);
         w.runs(0, 0, TILE, |_| panic!("no runs in an empty walk"));
+    }
+
+    #[test]
+    fn outputs_are_checked_for_shared_memory() {
+        fn span<'a>(addr: usize, shape: &'a [usize], strides: &'a [isize]) -> Span<'a> {
+            let name = "out";
+            Span {
+                addr,
+                shape,
+                strides,
+                size: 4,
+                name,
+            }
+        }
+        let distinct = |shape: &[usize], strides: &[isize]| span(400, shape, strides).distinct();
+        // C and Fortran order, reversed, stepped, broadcast along a length-1 axis.
+        assert!(distinct(&[3, 4], &[4, 1]) && distinct(&[3, 4], &[1, 3]));
+        assert!(distinct(&[3, 4], &[-4, -1]) && distinct(&[3, 4], &[8, 2]));
+        assert!(distinct(&[1, 4], &[0, 1]) && distinct(&[], &[]));
+        assert!(check_outputs(&[], &[span(0, &[0, 5], &[0, 0])]).is_ok()); // no elements
+                                                                           // Shared elements: a zero stride, strides (4, 4), rows 4 apart of 1000 elements.
+        assert!(!distinct(&[300, 1000], &[0, 1]) && !distinct(&[300, 1000], &[1, 1]));
+        assert!(!distinct(&[300, 1000], &[4, 1]) && !distinct(&[2, 2], &[1, 1]));
+        // Axes that interleave without sharing an element are refused too (documented).
+        assert!(!distinct(&[3, 2], &[2, 3]));
+
+        let out = span(1000, &[10], &[1]); // bytes 1000..1040
+        let ok = |other: Span<'_>| check_outputs(&[other], &[out]).is_ok();
+        assert!(ok(span(1040, &[10], &[1])) && ok(span(960, &[10], &[1])));
+        assert!(!ok(span(1036, &[10], &[1])) && !ok(span(964, &[10], &[1])));
+        assert!(!ok(span(1000, &[10], &[-1]))); // reversed: bytes 964..1004
+        assert!(ok(span(1036, &[0], &[1]))); // no elements, no memory
+        assert!(!ok(span(0, &[2], &[500]))); // elements apart, the range overlaps
+        let err = check_outputs(&[], &[out, span(1004, &[3], &[1])]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "out overlaps out in memory; pass a separate array"
+        );
     }
 
     #[test]

@@ -111,3 +111,40 @@ def test_local_cluster_with_processes():
     check(got, kldiv.kl_div(x, t, "batchmean"))
     check(loss, kldiv.kl_div(x, t, "batchmean"))
     np.testing.assert_array_equal(grad, kldiv.kl_div_and_grad(x, t, "batchmean")[1])
+
+
+def test_reductions_are_numpy_scalars_as_kldiv_kl_div_gives():
+    x, t = data(200, 30)
+    for reduction in ("sum", "mean", "batchmean"):
+        got = quiet(kd.kl_div, da.from_array(x, chunks=50), da.from_array(t, chunks=50), reduction)
+        got = got.compute(scheduler="threads")
+        want = quiet(kldiv.kl_div, x, t, reduction)
+        assert type(got) is type(want) is np.float32, (type(got), type(want))
+    loss, _ = kd.kl_div_and_grad(da.from_array(x, chunks=50), t, "sum")
+    assert type(loss.compute(scheduler="threads")) is np.float32
+
+
+def test_float16_gradient_of_a_broadcast_input_is_summed_then_rounded_once():
+    # One input row against 400 target rows: the gradient is the float32 sum of 400 rows,
+    # rounded once to float16, as kldiv.kl_div_and_grad gives it.
+    rng = np.random.default_rng(3)
+    x = np.log(rng.dirichlet(np.ones(64), 1)).astype(np.float16)
+    t = rng.dirichlet(np.ones(64), 400).astype(np.float16)
+    _, want = kldiv.kl_div_and_grad(x, t, "sum")
+    _, got = kd.kl_div_and_grad(da.from_array(x), da.from_array(t, chunks=(50, 64)), "sum")
+    got = got.compute(scheduler="threads")
+    assert got.dtype == np.float16 and got.shape == x.shape
+    # The same float32 sums in another order: at most one float16 rounding apart.
+    ulp = np.spacing(np.abs(want.astype(np.float32)).astype(np.float16)).astype(np.float32)
+    assert np.all(np.abs(got.astype(np.float32) - want.astype(np.float32)) <= ulp)
+    exact = -t.astype(np.float64).sum(axis=0, keepdims=True)  # d/dx of the sum: -sum of t
+    err = np.abs(got.astype(np.float64) - exact)
+    assert np.all(err <= np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64))
+
+
+def test_unknown_chunk_sizes_say_so():
+    x, t = data(100, 20)
+    dx = da.from_array(x, chunks=25)
+    masked = dx[dx[:, 0] < 0]  # boolean indexing: unknown chunk sizes
+    with pytest.raises(ValueError, match=r"unknown chunk sizes.*compute_chunk_sizes\(\)"):
+        kd.kl_div(masked, t[:1], "sum")

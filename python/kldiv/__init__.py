@@ -12,6 +12,7 @@ parallel, with float64 accumulation and the same bits for every thread count and
 
 from ._kldiv import __version__
 from ._loss import (
+    MAX_THREADS,
     REDUCTIONS,
     KLDivLoss,
     _check_env,
@@ -24,6 +25,7 @@ from ._loss import (
 )
 
 __all__ = [
+    "MAX_THREADS",
     "REDUCTIONS",
     "KLDivLoss",
     "__version__",
