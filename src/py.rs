@@ -58,6 +58,25 @@ static MAIN_THREAD: AtomicUsize = AtomicUsize::new(0);
 /// next check, and those and any later ones park for good with the GIL released, as daemon
 /// threads do in Python 3.14: the process exits around them.
 fn run<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> Result<R, Error> + Send) -> PyResult<R> {
+    // SAFETY: `PyThread_get_thread_ident` only reads the calling thread's id.
+    let main = unsafe { pyo3::ffi::PyThread_get_thread_ident() } as usize
+        == MAIN_THREAD.load(Ordering::Relaxed);
+    if main {
+        // The thread that finalizes: never in a call when `shutdown` runs.
+        let raised: Mutex<Option<PyErr>> = Mutex::new(None);
+        let interrupted = || match Python::attach(|py| py.check_signals()) {
+            Ok(()) => false,
+            Err(e) => {
+                *raised.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                true
+            }
+        };
+        let result = py.detach(|| crate::with_interrupt(interrupted, kernel));
+        return result.map_err(|e| match raised.into_inner() {
+            Ok(Some(raised)) if e == Error::Interrupted => raised,
+            _ => py_error(e),
+        });
+    }
     struct Done;
     impl Drop for Done {
         fn drop(&mut self) {
@@ -69,44 +88,22 @@ fn run<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> Result<R, Error> + Send
             std::thread::park();
         }
     }
-    // SAFETY: `PyThread_get_thread_ident` only reads the calling thread's id.
-    let main = unsafe { pyo3::ffi::PyThread_get_thread_ident() } as usize
-        == MAIN_THREAD.load(Ordering::Relaxed);
     // Under the GIL, as `shutdown` sets CLOSED: a call either counts itself in first (and
     // `shutdown` waits for it), or sees CLOSED.
-    if !main && CLOSED.load(Ordering::SeqCst) {
+    if CLOSED.load(Ordering::SeqCst) {
         py.detach(park_forever);
     }
     IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
     let _done = Done; // dropped once the GIL is held again
-    let raised: Mutex<Option<PyErr>> = Mutex::new(None);
-    let interrupted = || {
-        if !main {
-            return CLOSED.load(Ordering::Relaxed);
-        }
-        match Python::attach(|py| py.check_signals()) {
-            Ok(()) => false,
-            Err(e) => {
-                *raised.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
-                true
-            }
-        }
-    };
     let result = py.detach(|| {
-        let result = crate::with_interrupt(interrupted, kernel);
-        if !main && CLOSED.load(Ordering::SeqCst) {
+        let result = crate::with_interrupt(|| CLOSED.load(Ordering::Relaxed), kernel);
+        if CLOSED.load(Ordering::SeqCst) {
             IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
             park_forever();
         }
         result
     });
-    result.map_err(|e| {
-        let raised = raised.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match (e, raised) {
-            (Error::Interrupted, Some(raised)) => raised,
-            (e, _) => py_error(e),
-        }
-    })
+    result.map_err(py_error)
 }
 
 /// Readies kernel calls for interpreter exit (Python's `atexit`; see [`run`]): calls of other

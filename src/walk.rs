@@ -62,6 +62,15 @@ pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
         .collect()
 }
 
+/// Whether `shape` broadcasts to `to` itself (NumPy rules: `broadcast_shape(shape, to)` is
+/// `to`), without allocating.
+pub(crate) fn broadcasts_to(shape: &[usize], to: &[usize]) -> bool {
+    let Some(lead) = to.len().checked_sub(shape.len()) else {
+        return false;
+    };
+    shape.iter().zip(&to[lead..]).all(|(&n, &m)| n == m || n == 1)
+}
+
 /// Strides of an operand of `shape`/`strides` broadcast to `to` (0 on broadcast axes).
 /// `shape` must broadcast to `to`.
 pub(crate) fn broadcast_strides(shape: &[usize], strides: &[isize], to: &[usize]) -> Vec<isize> {
@@ -389,7 +398,7 @@ pub(crate) fn operands<'a, T: Copy, const K: usize, const R: usize, const W: usi
     let misfit = ins
         .iter()
         .map(|i| i.shape)
-        .find(|s| broadcast_shape(s, shape).as_deref() != Some(shape))
+        .find(|s| !broadcasts_to(s, shape))
         .or_else(|| outs.iter().map(|o| o.shape).find(|&s| s != shape));
     if let Some(actual) = misfit {
         return Err(Error::OutputShape {
@@ -656,6 +665,8 @@ mod tests {
         assert_eq!(broadcast_shape(&[], &[2, 3]), Some(vec![2, 3]));
         assert_eq!(broadcast_shape(&[0], &[1]), Some(vec![0]));
         assert_eq!(broadcast_shape(&[3], &[4]), None);
+        assert!(broadcasts_to(&[3, 1], &[2, 3, 4]) && broadcasts_to(&[], &[2]));
+        assert!(!broadcasts_to(&[4], &[4, 3]) && !broadcasts_to(&[2, 3], &[3]));
         assert_eq!(
             broadcast_strides(&[3, 1], &[1, 1], &[2, 3, 4]),
             vec![0, 1, 0]
