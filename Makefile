@@ -18,7 +18,7 @@ demo: $(BIN)/python
 ## Editable install (maturin develop, release build) with the test tools.
 build-dev: $(BIN)/python
 	$(BIN)/python -m pip install -q "maturin>=1.5,<2" numpy pytest hypothesis "ruff==0.17.*" \
-		"dask[array]" distributed
+		"dask[array,distributed]"
 	$(BIN)/maturin develop --release -q
 
 ## Every test: the crate alone (cargo test), then the Python package (pytest).
