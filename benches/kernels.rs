@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
 /// Where the time of one term goes: the pieces on one thread, in cache (100,000 elements),
 /// at the best SIMD level. `cargo bench --bench kernels -- parts`.
 fn parts(c: &mut Criterion) {
-    kldiv::set_num_threads(1).unwrap();
+    kldiv::runtime::set_num_threads(1).unwrap();
     let n = 100_000;
     let x = softmax_rows(10, 10_000, 1, true);
     let t = softmax_rows(10, 10_000, 2, false);
@@ -80,7 +80,7 @@ fn parts(c: &mut Criterion) {
         b.iter(|| kl_div_sum(x64.view(), t64.view(), false).unwrap())
     });
     g.finish();
-    kldiv::set_num_threads(0).unwrap();
+    kldiv::runtime::set_num_threads(0).unwrap();
 }
 
 criterion_group! {

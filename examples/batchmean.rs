@@ -29,7 +29,7 @@ fn main() -> Result<(), kldiv::Error> {
     println!(
         "KL(target || exp(input)) averaged over {rows} rows of {cols}: {loss:.6} ({:.2} ms on {} threads)",
         elapsed.as_secs_f64() * 1e3,
-        kldiv::get_num_threads()
+        kldiv::runtime::get_num_threads()
     );
 
     let first = kl_div_terms(input.row(0), target.row(0), false)?;

@@ -10,44 +10,115 @@ use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 
 use crate::error::Error;
 use crate::float::Float;
-use crate::loss::{checked_len, common_shape, divisor, settle, Reduction};
+use crate::loss::{checked_len, common_shape, settle, Reduction};
 use crate::parallel::{for_each_block, for_each_task, tree_sum};
 use crate::reduce::{fold_lanes, sum_terms, Lanes, LANES};
 use crate::simd::{dispatch, Kernel};
-use crate::terms::{fast_term, grad_input_with, grad_target_with, term_with, transcendental_slice};
+use crate::terms::{
+    factored_term, grad_input_with, grad_target_with, term_with, transcendental_slice,
+};
 use crate::walk::{for_runs, operands, Dst, In, Out, Src, Tile, Walk, TILE};
 
 /// The gradients of the loss for an incoming gradient `grad_output`, as PyTorch's autograd
 /// computes them: `grad_input = d/dx`, `grad_target = d/dt`, each `grad_output / divisor`
-/// times the elementwise derivative (see [`crate::grad_input`], [`crate::grad_target`]).
-/// Either output may be `None` (that gradient is not computed).
+/// times the elementwise derivative (see [`crate::grad_input`], [`crate::grad_target`]), the
+/// divisor that of `reduction` ([`Reduction::divisor`]; for the unreduced loss pass
+/// [`Reduction::Sum`], whose divisor is 1). Either output may be `None`: that gradient is not
+/// computed.
 ///
-/// `grad_output` broadcasts to the loss's shape (a 0-d view for a reduced loss), and `divisor`
-/// is the reduction's (1 for sum and none, the element count for mean, `input.shape()[0]` for
-/// batchmean). Both outputs have the loss's (broadcast) shape; when `input` or `target` was
-/// broadcast, summing the gradient over the broadcast axes gives the gradient of the original.
+/// `grad_output` broadcasts to the loss's shape (a 0-d view for a reduced loss). Both outputs
+/// have the loss's (broadcast) shape; when `input` or `target` was broadcast, summing the
+/// gradient over the broadcast axes gives the gradient of the original.
 ///
 /// # Errors
-/// [`Error::Broadcast`] for inputs that do not broadcast, [`Error::OutputShape`] for an output
-/// or a `grad_output` that does not fit the loss's shape, and as [`crate::kl_div_terms_into`].
+/// [`Error::Broadcast`] for inputs that do not broadcast, [`Error::NotBroadcastable`] for a
+/// `grad_output` that does not fit the loss's shape, [`Error::OutputShape`] for an output of
+/// another shape, and as [`crate::kl_div_terms_into`].
 ///
 /// # Example
 /// ```
-/// use ndarray::{arr0, array, Array1, ArrayViewMut1};
-/// let x = array![-1.0_f64, -2.0];
-/// let t = array![0.25_f64, 0.75];
-/// let (mut gx, mut gt) = (Array1::zeros(2), Array1::zeros(2));
-/// // batchmean over 2 rows, d(loss)/d(loss) = 1
-/// let g = arr0(1.0);
-/// kldiv::kl_div_backward_into(g.view(), 2.0, x.view(), t.view(), Some(gx.view_mut()),
+/// use kldiv::ndarray::{arr0, array, Array1, ArrayViewMut1};
+/// use kldiv::Reduction;
+/// let x = array![[-1.0_f64, -2.0]];
+/// let t = array![[0.25_f64, 0.75]];
+/// let (mut gx, mut gt) = (x.clone(), x.clone());
+/// let g = arr0(1.0); // d(loss)/d(loss)
+/// kldiv::kl_div_backward_into(g.view(), x.view(), t.view(), Reduction::Sum, Some(gx.view_mut()),
 ///     Some(gt.view_mut()), false).unwrap();
-/// assert_eq!(gx, array![-0.125, -0.375]);
+/// assert_eq!(gx, array![[-0.25, -0.75]]);
 /// // the input's gradient alone
-/// kldiv::kl_div_backward_into(g.view(), 2.0, x.view(), t.view(), Some(gx.view_mut()),
-///     None::<ArrayViewMut1<f64>>, false).unwrap();
+/// kldiv::kl_div_backward_into(g.view(), x.view(), t.view(), Reduction::Sum, Some(gx.view_mut()),
+///     None::<kldiv::ndarray::ArrayViewMut2<f64>>, false).unwrap();
 /// ```
 #[allow(clippy::too_many_arguments)]
 pub fn kl_div_backward_into<T, D0, D1, D2, D3, D4>(
+    grad_output: ArrayView<'_, T, D0>,
+    input: ArrayView<'_, T, D1>,
+    target: ArrayView<'_, T, D2>,
+    reduction: Reduction,
+    grad_input: Option<ArrayViewMut<'_, T, D3>>,
+    grad_target: Option<ArrayViewMut<'_, T, D4>>,
+    log_target: bool,
+) -> Result<(), Error>
+where
+    T: Float,
+    D0: Dimension,
+    D1: Dimension,
+    D2: Dimension,
+    D3: Dimension,
+    D4: Dimension,
+{
+    let divisor = reduction.divisor(input.shape(), target.shape())?;
+    backward_into(
+        grad_output,
+        divisor,
+        input,
+        target,
+        grad_input,
+        grad_target,
+        log_target,
+    )
+}
+
+/// [`kl_div_backward_into`] with new C-ordered gradients of the loss's (broadcast) shape.
+///
+/// # Errors
+/// As [`kl_div_backward_into`].
+///
+/// # Example
+/// ```
+/// use kldiv::ndarray::{arr0, array};
+/// use kldiv::Reduction;
+/// let x = array![[-1.0_f64, -2.0], [-0.5, -1.5]];
+/// let t = array![[0.25_f64, 0.75], [0.5, 0.5]];
+/// let (gx, gt) = kldiv::kl_div_backward(arr0(1.0).view(), x.view(), t.view(),
+///     Reduction::BatchMean, false).unwrap();
+/// assert_eq!(gx[[0, 1]], -0.375); // -t / 2
+/// assert_eq!(gt.shape(), &[2, 2]);
+/// ```
+pub fn kl_div_backward<T, D0, D1, D2>(
+    grad_output: ArrayView<'_, T, D0>,
+    input: ArrayView<'_, T, D1>,
+    target: ArrayView<'_, T, D2>,
+    reduction: Reduction,
+    log_target: bool,
+) -> Result<(ArrayD<T>, ArrayD<T>), Error>
+where
+    T: Float,
+    D0: Dimension,
+    D1: Dimension,
+    D2: Dimension,
+{
+    let shape = common_shape(input.shape(), target.shape())?;
+    let (mut gx, mut gt) = (zeros(&shape)?, zeros(&shape)?);
+    let (ox, ot) = (Some(gx.view_mut()), Some(gt.view_mut()));
+    kl_div_backward_into(grad_output, input, target, reduction, ox, ot, log_target)?;
+    Ok((gx, gt))
+}
+
+/// [`kl_div_backward_into`] for a divisor given as a number (the bindings' chunks of larger
+/// arrays divide by the whole's).
+pub(crate) fn backward_into<T, D0, D1, D2, D3, D4>(
     grad_output: ArrayView<'_, T, D0>,
     divisor: f64,
     input: ArrayView<'_, T, D1>,
@@ -98,6 +169,18 @@ where
     }
 }
 
+/// A new C-ordered array of `shape` for a kernel's output (its contents are overwritten).
+pub(crate) fn zeros<T: Float>(shape: &[usize]) -> Result<ArrayD<T>, Error> {
+    let len = checked_len(shape)?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(len)
+        .map_err(|_| Error::OutOfMemory {
+            bytes: len.saturating_mul(std::mem::size_of::<T>()),
+        })?;
+    data.resize(len, T::default());
+    Ok(ArrayD::from_shape_vec(IxDyn(shape), data).expect("len elements"))
+}
+
 /// The gradients of [`kl_div_backward_into`] over a walk whose outputs are `dsts`: the input's,
 /// the target's, or both, as `(gx, gt)` says.
 fn backward_walk<T: Float, const K: usize, const W: usize>(
@@ -109,7 +192,7 @@ fn backward_walk<T: Float, const K: usize, const W: usize>(
     log_target: bool,
 ) -> Result<(), Error> {
     let blocks = walk.blocks();
-    for_each_task(blocks.len(), blocks.count(), |b, tr: &mut Tile<T>| {
+    for_each_task(blocks.len(), blocks.count(), |b, ft: &mut Tile<T>| {
         for_runs(walk, blocks.range(b), &srcs, &dsts, |_, [g, x, t], outs| {
             let mut outs = outs.into_iter();
             dispatch(Backward {
@@ -119,7 +202,7 @@ fn backward_walk<T: Float, const K: usize, const W: usize>(
                 t,
                 gx: gx.then(|| outs.next()).flatten(),
                 gt: gt.then(|| outs.next()).flatten(),
-                tr: &mut tr.0,
+                ft: &mut ft.0,
                 log_target,
             })
         })
@@ -154,7 +237,7 @@ pub fn kl_div_and_grad_into<T: Float, D1: Dimension, D2: Dimension, D3: Dimensio
     grad_input: ArrayViewMut<'_, T, D3>,
     log_target: bool,
 ) -> Result<T, Error> {
-    let div = divisor(reduction, input.shape(), target.shape())?;
+    let div = reduction.divisor(input.shape(), target.shape())?;
     let sum = fused_sum(input, target, div, grad_input, log_target)?;
     Ok(T::from_f64(sum / div))
 }
@@ -252,6 +335,32 @@ where
     })
 }
 
+/// [`kl_div_terms_and_grad_into`] with new C-ordered arrays of the broadcast shape:
+/// `(terms, grad_input)`.
+///
+/// # Errors
+/// As [`kl_div_backward_into`].
+///
+/// # Example
+/// ```
+/// use kldiv::ndarray::array;
+/// let x = array![-1.0_f64, -2.0];
+/// let t = array![0.5_f64, 0.25];
+/// let (loss, gx) = kldiv::kl_div_terms_and_grad(x.view(), t.view(), false).unwrap();
+/// assert_eq!(gx, array![-0.5, -0.25].into_dyn());
+/// assert_eq!(loss[1], kldiv::term::<false, f64>(-2.0, 0.25));
+/// ```
+pub fn kl_div_terms_and_grad<T: Float, D1: Dimension, D2: Dimension>(
+    input: ArrayView<'_, T, D1>,
+    target: ArrayView<'_, T, D2>,
+    log_target: bool,
+) -> Result<(ArrayD<T>, ArrayD<T>), Error> {
+    let shape = common_shape(input.shape(), target.shape())?;
+    let (mut loss, mut gx) = (zeros(&shape)?, zeros(&shape)?);
+    kl_div_terms_and_grad_into(input, target, loss.view_mut(), gx.view_mut(), log_target)?;
+    Ok((loss, gx))
+}
+
 /// The `f64` sum of the terms, with `grad_input` written as `grad_input(1 / divisor, t)`.
 pub(crate) fn fused_sum<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
     input: ArrayView<'_, T, D1>,
@@ -268,7 +377,7 @@ pub(crate) fn fused_sum<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
     )?;
     let g = 1.0 / divisor;
     let blocks = walk.blocks();
-    let sum = tree_sum(blocks, |b, tr: &mut Tile<T>| {
+    let sum = tree_sum(blocks, |b, ft: &mut Tile<T>| {
         let mut acc = [0.0; LANES];
         for_runs(
             &walk,
@@ -277,7 +386,7 @@ pub(crate) fn fused_sum<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
             &dsts,
             |first, [x, t], [gx]| {
                 dispatch(FusedSum {
-                    tr: &mut tr.0,
+                    ft: &mut ft.0,
                     acc: &mut acc,
                     first,
                     g,
@@ -303,19 +412,19 @@ pub(crate) fn fused_sum<T: Float, D1: Dimension, D2: Dimension, D3: Dimension>(
 #[inline(always)]
 fn backward_slice<const LOG_TARGET: bool, T: Float>(k: Backward<'_, T>) {
     let n = k.t.len();
-    let tr = &mut k.tr[..n];
+    let ft = &mut k.ft[..n];
     // The transcendentals first (T's full SIMD width), where a gradient needs them.
     if LOG_TARGET || k.gt.is_some() {
-        transcendental_slice::<LOG_TARGET, T>(k.t, tr, &[k.x, k.t, k.g]);
+        transcendental_slice::<LOG_TARGET, T>(k.t, ft, &[k.x, k.t, k.g]);
     }
     let g = |i: usize| k.g[i].to_f64() / k.divisor;
-    let gx = |i: usize| T::from_f64(grad_input_with::<LOG_TARGET, T>(g(i), k.t[i], tr[i]));
+    let gx = |i: usize| T::from_f64(grad_input_with::<LOG_TARGET, T>(g(i), k.t[i], ft[i]));
     let gt = |i: usize| {
         T::from_f64(grad_target_with::<LOG_TARGET, T>(
             g(i),
             k.x[i],
             k.t[i],
-            tr[i],
+            ft[i],
         ))
     };
     match (k.gx, k.gt) {
@@ -338,32 +447,31 @@ struct Backward<'a, T> {
     t: &'a [T],
     gx: Option<&'a mut [T]>,
     gt: Option<&'a mut [T]>,
-    tr: &'a mut [T; TILE],
+    ft: &'a mut [T; TILE],
     log_target: bool,
 }
 
 impl<T: Float> Kernel for Backward<'_, T> {
     type Output = ();
+    fn log_target(&self) -> bool {
+        self.log_target
+    }
     #[inline(always)]
-    fn run(self) {
-        if self.log_target {
-            backward_slice::<true, T>(self)
-        } else {
-            backward_slice::<false, T>(self)
-        }
+    fn run<const LOG_TARGET: bool>(self) {
+        backward_slice::<LOG_TARGET, T>(self)
     }
 }
 
 #[inline(always)]
 fn fused_sum_slice<const LOG_TARGET: bool, T: Float>(k: FusedSum<'_, T>) {
-    let tr = &mut k.tr[..k.x.len()];
-    let fast = transcendental_slice::<LOG_TARGET, T>(k.t, tr, &[k.x, k.t]);
-    sum_terms::<LOG_TARGET, true, T>(k.acc, k.first, k.x, k.t, tr, fast, k.g, k.gx);
+    let ft = &mut k.ft[..k.x.len()];
+    let fast = transcendental_slice::<LOG_TARGET, T>(k.t, ft, &[k.x, k.t]);
+    sum_terms::<LOG_TARGET, true, T>(k.acc, k.first, k.x, k.t, ft, fast, k.g, k.gx);
 }
 
 /// The terms of a run added to the lanes, and the input gradient for `g` written.
 struct FusedSum<'a, T> {
-    tr: &'a mut [T; TILE],
+    ft: &'a mut [T; TILE],
     acc: &'a mut Lanes,
     first: usize,
     g: f64,
@@ -375,20 +483,19 @@ struct FusedSum<'a, T> {
 
 impl<T: Float> Kernel for FusedSum<'_, T> {
     type Output = ();
+    fn log_target(&self) -> bool {
+        self.log_target
+    }
     #[inline(always)]
-    fn run(self) {
-        if self.log_target {
-            fused_sum_slice::<true, T>(self)
-        } else {
-            fused_sum_slice::<false, T>(self)
-        }
+    fn run<const LOG_TARGET: bool>(self) {
+        fused_sum_slice::<LOG_TARGET, T>(self)
     }
 }
 
 #[inline(always)]
 fn terms_and_grad_slice<const LOG_TARGET: bool, T: Float>(k: TermsAndGrad<'_, T>) {
     if transcendental_slice::<LOG_TARGET, T>(k.t, k.gx, &[k.x, k.t]) {
-        terms_and_grad_given::<LOG_TARGET, T>(k, fast_term::<LOG_TARGET, T>)
+        terms_and_grad_given::<LOG_TARGET, T>(k, factored_term::<LOG_TARGET, T>)
     } else {
         terms_and_grad_given::<LOG_TARGET, T>(k, term_with::<LOG_TARGET, T>)
     }
@@ -401,9 +508,9 @@ fn terms_and_grad_given<const LOG_TARGET: bool, T: Float>(
     term: impl Fn(T, T, T) -> f64,
 ) {
     for (((l, gx), &x), &t) in k.loss.iter_mut().zip(k.gx.iter_mut()).zip(k.x).zip(k.t) {
-        let tr = *gx;
-        *l = T::from_f64(term(x, t, tr));
-        *gx = T::from_f64(grad_input_with::<LOG_TARGET, T>(1.0, t, tr));
+        let ft = *gx;
+        *l = T::from_f64(term(x, t, ft));
+        *gx = T::from_f64(grad_input_with::<LOG_TARGET, T>(1.0, t, ft));
     }
 }
 
@@ -418,12 +525,11 @@ struct TermsAndGrad<'a, T> {
 
 impl<T: Float> Kernel for TermsAndGrad<'_, T> {
     type Output = ();
+    fn log_target(&self) -> bool {
+        self.log_target
+    }
     #[inline(always)]
-    fn run(self) {
-        if self.log_target {
-            terms_and_grad_slice::<true, T>(self)
-        } else {
-            terms_and_grad_slice::<false, T>(self)
-        }
+    fn run<const LOG_TARGET: bool>(self) {
+        terms_and_grad_slice::<LOG_TARGET, T>(self)
     }
 }

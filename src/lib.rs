@@ -11,7 +11,7 @@
 //!
 //! Sums are accumulated in `f64` over fixed blocks combined in a fixed tree: the result has the
 //! same bits whatever the thread count, the memory layout or the SIMD level, which is chosen at
-//! run time (AVX-512, AVX2 or the baseline; see [`simd_level`]).
+//! run time (AVX-512, AVX2 or the baseline; see [`runtime::simd_level`]).
 //!
 //! ```
 //! use kldiv::{kl_div, Reduction};
@@ -23,10 +23,14 @@
 //! assert!(loss > 0.0);
 //! ```
 //!
-//! Layout: `terms.rs` holds the formula and its derivatives (see [`term`]), [`math`] the `ln`
-//! and `exp` they use, `reduce.rs` the fused sums, `grad.rs` the gradient kernels, `walk.rs`
-//! the strided traversal, `parallel.rs` the thread pool and the fixed blocks, `simd.rs` the
-//! run-time dispatch. The Python bindings (feature `python`) live in `py.rs`.
+//! Layout, one concern a file: `terms.rs` the formula and its derivatives (see [`term`]),
+//! `math.rs` the scalar `ln` and `exp`, `runs.rs` the loops over runs of values that use them,
+//! `reduce.rs` the fused sums, `transposed.rs` the sums over transposed inputs, `grad.rs` the
+//! gradient kernels, `loss.rs` the public reductions, `walk.rs` the checked operands and the
+//! strided traversal, `parallel.rs` the thread pool and the fixed blocks, `simd.rs` the
+//! run-time dispatch, [`runtime`] the process-wide controls. The Python bindings (feature
+//! `python`) live in `py.rs`. `ndarray` is re-exported, so that the views a caller makes are
+//! the ones the kernels take.
 
 #![warn(missing_docs)]
 
@@ -37,8 +41,11 @@ mod loss;
 pub mod math;
 mod parallel;
 mod reduce;
+mod runs;
+pub mod runtime;
 mod simd;
 mod terms;
+mod transposed;
 mod walk;
 
 #[cfg(feature = "python")]
@@ -47,9 +54,14 @@ mod py;
 pub use error::Error;
 pub use float::Float;
 pub use grad::{
-    kl_div_and_grad, kl_div_and_grad_into, kl_div_backward_into, kl_div_terms_and_grad_into,
+    kl_div_and_grad, kl_div_and_grad_into, kl_div_backward, kl_div_backward_into,
+    kl_div_terms_and_grad, kl_div_terms_and_grad_into,
 };
 pub use loss::{kl_div, kl_div_sum, kl_div_terms, kl_div_terms_into, Reduction};
-pub use parallel::{get_num_threads, set_num_threads, with_interrupt, MAX_THREADS};
-pub use simd::{detected_simd_level, set_simd_level, simd_level, SimdLevel};
+pub use ndarray;
 pub use terms::{grad_input, grad_target, term};
+
+/// The README's Rust snippets, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -18,14 +18,13 @@
 //!   polynomial of degree 7 (f32) or 13 (f64) for `exp(r)`, and `2^k` applied in two steps so
 //!   that results in the subnormal range are right. At most 1 ulp over all 2^32 `f32` inputs
 //!   (`tests/exhaustive.rs`), at most 2 ulp for `f64` (unit tests against the C library).
-//! - [`ln_slice`] and [`exp_slice`] run them over slices at the current SIMD level.
+//! - [`ln_slice`] and [`exp_slice`] run them over slices at the current SIMD level (they live
+//!   in `runs.rs`, with the other loops over runs).
 //!
 //! Special values follow `f32::ln` / `f64::exp` and friends: `ln(0) = -inf`, `ln(x < 0) = NaN`,
 //! `ln(inf) = inf`, `exp(-inf) = 0`, `exp(inf) = inf`, NaN in, NaN out.
 
-use crate::float::Float;
-use crate::simd::{dispatch, with_default_fp};
-use crate::terms::Transcendental;
+pub use crate::runs::{exp_slice, ln_slice};
 
 /// Natural logarithm of an `f32` (at most 1 ulp; see the module docs).
 ///
@@ -169,72 +168,34 @@ fn ln_f64_scaled(x: f64, k0: i32) -> f64 {
     dk.mul_add(LN2_HI, -(s.mul_add(f - r, -(dk * LN2_LO)) - f))
 }
 
-/// `out[i] = ln(x[i])` for `f32` or `f64`, vectorised at the current [`crate::simd_level`]
-/// (the same bits as [`ln_f32`] / [`ln_f64`] element by element).
-///
-/// # Panics
-/// If the slices differ in length.
-///
-/// # Example
-/// ```
-/// let x = [1.0_f32, 2.0, 0.0, -1.0];
-/// let mut out = [0.0; 4];
-/// kldiv::math::ln_slice(&x, &mut out);
-/// assert_eq!(out[1], kldiv::math::ln_f32(2.0));
-/// assert_eq!(out[2], f32::NEG_INFINITY);
-/// ```
-pub fn ln_slice<T: Float>(x: &[T], out: &mut [T]) {
-    assert_eq!(
-        x.len(),
-        out.len(),
-        "ln_slice: input and output lengths differ"
-    );
-    with_default_fp(|| {
-        dispatch(Transcendental {
-            t: x,
-            out,
-            exp: false,
-        })
-    })
+/// The IEEE values `ln`'s special cases need, for `f32` and `f64`.
+trait Ieee: Copy + PartialOrd {
+    const ZERO: Self;
+    const INFINITY: Self;
+    const NAN: Self;
 }
 
-/// `out[i] = exp(x[i])` for `f32` or `f64`, vectorised like [`ln_slice`].
-///
-/// # Panics
-/// If the slices differ in length.
-///
-/// # Example
-/// ```
-/// let x = [0.0_f64, 1.0, f64::NEG_INFINITY];
-/// let mut out = [0.0; 3];
-/// kldiv::math::exp_slice(&x, &mut out);
-/// assert_eq!(out, [1.0, kldiv::math::exp_f64(1.0), 0.0]);
-/// ```
-pub fn exp_slice<T: Float>(x: &[T], out: &mut [T]) {
-    assert_eq!(
-        x.len(),
-        out.len(),
-        "exp_slice: input and output lengths differ"
-    );
-    with_default_fp(|| {
-        dispatch(Transcendental {
-            t: x,
-            out,
-            exp: true,
-        })
-    })
+impl Ieee for f32 {
+    const ZERO: f32 = 0.0;
+    const INFINITY: f32 = f32::INFINITY;
+    const NAN: f32 = f32::NAN;
+}
+
+impl Ieee for f64 {
+    const ZERO: f64 = 0.0;
+    const INFINITY: f64 = f64::INFINITY;
+    const NAN: f64 = f64::NAN;
 }
 
 /// `ln`'s special values around `y = ln x` for positive, finite `x`: `at_zero` at ±0, NaN
 /// below 0 and at NaN, +inf at +inf.
 #[inline(always)]
-fn special_ln<F: Float + PartialOrd>(x: F, y: F, at_zero: F) -> F {
-    let zero = F::default();
-    if x == zero {
+fn special_ln<F: Ieee>(x: F, y: F, at_zero: F) -> F {
+    if x == F::ZERO {
         at_zero
     } else if x == F::INFINITY {
         x
-    } else if x > zero {
+    } else if x > F::ZERO {
         y
     } else {
         F::NAN // negative or NaN

@@ -9,8 +9,9 @@
 //! slots are combined by a fixed pairwise tree over block indices: who computed a block never
 //! changes the bits. Inputs smaller than [`PARALLEL_MIN`] run on the calling thread alone.
 //!
-//! Every thread runs its share in the floating-point environment the kernels assume
-//! ([`crate::simd::with_default_fp`]), and the calling thread polls the check that
+//! Every thread runs its share in the caller's context (the floating-point environment the
+//! kernels assume, and a level forced by `with_simd_level`: [`crate::simd::Context`]), and
+//! the calling thread polls the check that
 //! [`with_interrupt`] installs between its claims, so that a long call can be stopped.
 
 use std::cell::Cell;
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
-use crate::simd::with_default_fp;
+use crate::simd::{with_default_fp, Context};
 
 /// Logical elements per block (a multiple of [`crate::reduce::LANES`]). These sizes are
 /// smaller under Miri, so that its tests reach several blocks, rows and threads (and the
@@ -44,7 +45,7 @@ const POLL: Duration = Duration::from_millis(100);
 ///
 /// # Example
 /// ```
-/// assert!(kldiv::set_num_threads(kldiv::MAX_THREADS + 1).is_err());
+/// assert!(kldiv::runtime::set_num_threads(kldiv::runtime::MAX_THREADS + 1).is_err());
 /// ```
 pub const MAX_THREADS: usize = 1024;
 
@@ -134,9 +135,9 @@ fn threads() -> Threads {
 ///
 /// # Example
 /// ```
-/// kldiv::set_num_threads(2).unwrap();
-/// assert_eq!(kldiv::get_num_threads(), 2);
-/// kldiv::set_num_threads(0).unwrap(); // back to the default
+/// kldiv::runtime::set_num_threads(2).unwrap();
+/// assert_eq!(kldiv::runtime::get_num_threads(), 2);
+/// kldiv::runtime::set_num_threads(0).unwrap(); // back to the default
 /// ```
 pub fn set_num_threads(n: usize) -> Result<(), Error> {
     if n > MAX_THREADS {
@@ -155,7 +156,7 @@ pub fn set_num_threads(n: usize) -> Result<(), Error> {
 ///
 /// # Example
 /// ```
-/// assert!(kldiv::get_num_threads() >= 1);
+/// assert!(kldiv::runtime::get_num_threads() >= 1);
 /// ```
 pub fn get_num_threads() -> usize {
     threads().n
@@ -233,9 +234,9 @@ thread_local! {
 /// use ndarray::Array1;
 /// let x = Array1::from_elem(1 << 20, -2.0_f32);
 /// let t = Array1::from_elem(1 << 20, 0.5_f32);
-/// let stopped = kldiv::with_interrupt(|| true, || kldiv::kl_div_sum(x.view(), t.view(), false));
+/// let stopped = kldiv::runtime::with_interrupt(|| true, || kldiv::kl_div_sum(x.view(), t.view(), false));
 /// assert_eq!(stopped, Err(kldiv::Error::Interrupted));
-/// let done = kldiv::with_interrupt(|| false, || kldiv::kl_div_sum(x.view(), t.view(), false));
+/// let done = kldiv::runtime::with_interrupt(|| false, || kldiv::kl_div_sum(x.view(), t.view(), false));
 /// assert!(done.is_ok());
 /// ```
 pub fn with_interrupt<F: Fn() -> bool, R>(interrupted: F, f: impl FnOnce() -> R) -> R {
@@ -391,10 +392,11 @@ pub(crate) fn for_each_task<S: Default>(
     let chunk = (chunk_len / (len / tasks.max(1)).max(1)).max(1);
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
+    let context = Context::current();
     // Claims chunks of tasks until none is left, or until the call is stopped (by the
-    // caller's `poll`).
+    // caller's `poll`), in the caller's context (SIMD level, floating-point mode).
     let claim = |poll: &mut dyn FnMut() -> bool| {
-        with_default_fp(|| {
+        context.enter(|| {
             let mut scratch = S::default();
             while !stop.load(Ordering::Relaxed) {
                 if poll() {
@@ -559,7 +561,7 @@ pub(crate) fn tree_sum<S: Default>(
             tree(0, n, &mut |b| leaf(b, &mut scratch))
         }));
     }
-    tree_sum_by(blocks, n, |b, scratch, store| store(b, leaf(b, scratch)))
+    tree_sum_of_tasks(blocks, n, |b, scratch, store| store(b, leaf(b, scratch)))
 }
 
 /// The sum over all blocks, combined in the fixed pairwise tree, where
@@ -569,7 +571,7 @@ pub(crate) fn tree_sum<S: Default>(
 /// # Errors
 /// [`Error::OutOfMemory`] if the blocks' sums (8 bytes each) do not fit in memory;
 /// [`Error::Interrupted`] as [`for_each_task`].
-pub(crate) fn tree_sum_by<S: Default>(
+pub(crate) fn tree_sum_of_tasks<S: Default>(
     blocks: &Blocks,
     tasks: usize,
     task: impl Fn(usize, &mut S, &dyn Fn(usize, f64)) + Sync,

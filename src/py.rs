@@ -1,11 +1,12 @@
 //! The Python boundary (feature `python`): the extension module `kldiv._kldiv`.
 //!
-//! Thin on purpose: the Python package (`python/kldiv/`) checks arguments, promotes dtypes,
-//! broadcasts and allocates; these functions take same-dtype, aligned, native-order arrays of
-//! any strides (outputs of the broadcast shape), release the GIL, and run the kernels (see
-//! [`run`]: Ctrl-C stops them, and interpreter shutdown waits for them). Each kernel is exposed
-//! once per dtype, as `<name>_f32` and `<name>_f64`, and so is `empty`, which allocates the
-//! results (see [`pool`]).
+//! Thin on purpose: the Python package (`python/kldiv/`) converts arguments (`asarray`,
+//! dtypes, float16) and checks `out=` arrays; the rules live here, in the crate, and are
+//! exposed to it ([`divisor`], [`broadcast_shape`], [`check_reduction`], [`is_plain_pair`],
+//! [`check_outputs`], `MAX_DIMS`, `MAX_THREADS`). The kernels take same-dtype (float32 or
+//! float64, chosen here: `by_dtype!`), aligned, native-order arrays of any strides, release
+//! the GIL and run (see [`run`]: Ctrl-C stops them, and interpreter exit waits for them);
+//! `empty` allocates their results (see [`pool`]).
 
 use std::ffi::c_void;
 use std::ptr;
@@ -49,7 +50,7 @@ static MAIN_THREAD: AtomicUsize = AtomicUsize::new(0);
 /// Runs a kernel with the GIL released: every kernel call of the module goes through here.
 ///
 /// On the main thread the kernel checks for signals (Ctrl-C) about every 100 ms (see
-/// [`crate::with_interrupt`]) and stops with the exception their handlers raise.
+/// [`crate::runtime::with_interrupt`]) and stops with the exception their handlers raise.
 ///
 /// Interpreter exit: once Python finalizes, a thread that takes the GIL back is ended by
 /// `pthread_exit`, whose unwinding through these Rust frames aborts the process. So
@@ -71,7 +72,7 @@ fn run<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> Result<R, Error> + Send
                 true
             }
         };
-        let result = py.detach(|| crate::with_interrupt(interrupted, kernel));
+        let result = py.detach(|| crate::runtime::with_interrupt(interrupted, kernel));
         return result.map_err(|e| match raised.into_inner() {
             Ok(Some(raised)) if e == Error::Interrupted => raised,
             _ => py_error(e),
@@ -96,7 +97,7 @@ fn run<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> Result<R, Error> + Send
     IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
     let _done = Done; // dropped once the GIL is held again
     let result = py.detach(|| {
-        let result = crate::with_interrupt(|| CLOSED.load(Ordering::Relaxed), kernel);
+        let result = crate::runtime::with_interrupt(|| CLOSED.load(Ordering::Relaxed), kernel);
         if CLOSED.load(Ordering::SeqCst) {
             IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
             park_forever();
@@ -119,8 +120,8 @@ fn shutdown(py: Python<'_>) {
     })
 }
 
-/// The float64 sum of the loss terms, not rounded (for sums over several calls).
-fn sum<T: Float + Element>(
+/// The float64 sum of the loss terms of two arrays of `T`, not rounded.
+fn sum_of<T: Float + Element>(
     py: Python<'_>,
     x: In<'_, T>,
     t: In<'_, T>,
@@ -130,21 +131,20 @@ fn sum<T: Float + Element>(
     run(py, || crate::kl_div_sum(x, t, log_target))
 }
 
-/// The float64 sum of the loss terms divided by `divisor` (IEEE: 0/0 is NaN), rounded to `T`.
-fn reduce<T: Float + Element>(
-    py: Python<'_>,
-    x: In<'_, T>,
-    t: In<'_, T>,
-    divisor: f64,
-    log_target: bool,
-) -> PyResult<f64> {
-    let sum = sum(py, x, t, log_target)?;
-    Ok(T::from_f64(sum / divisor).to_f64())
-}
-
 /// The most dimensions rust-numpy takes (it panics beyond; NumPy 2 allows 64). The Python side
 /// drops axes of length 1 to get there (`_Prepared.view`); exposed to it as `MAX_DIMS`.
 const MAX_DIMS: usize = 32;
+
+/// Whether `input` and `target` are two arrays the kernels take as they are: exactly
+/// `numpy.ndarray`, of one native float32 or float64 dtype, one shape of at most [`MAX_DIMS`]
+/// dimensions, aligned (the test [`reduce_plain`] makes).
+#[pyfunction]
+fn is_plain_pair(input: &Bound<'_, PyAny>, target: &Bound<'_, PyAny>) -> bool {
+    fn pair<T: Element>(x: &Bound<'_, PyAny>, t: &Bound<'_, PyAny>) -> bool {
+        matches!((plain::<T>(x), plain::<T>(t)), (Some(x), Some(t)) if x.shape() == t.shape())
+    }
+    pair::<f32>(input, target) || pair::<f64>(input, target)
+}
 
 /// `kl_div`'s common case in one call: "sum" or "batchmean" of two arrays as the kernels take
 /// them, without the Python checks (W4, 1000 float32 elements: about half the time of a call).
@@ -154,7 +154,7 @@ const MAX_DIMS: usize = 32;
 /// and one shape of at most [`MAX_DIMS`] dimensions, `reduction` is the str "sum" or
 /// "batchmean", and `log_target` a bool. On `None` the Python side checks, converts and
 /// broadcasts as usual and raises its errors: this path adds no behaviour of its own, and
-/// gives the bits of `sum_f32` / `sum_f64` divided by the divisor `_divisor` gives, rounded.
+/// gives the bits of [`sum`] divided by the reduction's [`divisor`], rounded.
 #[pyfunction]
 fn reduce_plain<'py>(
     py: Python<'py>,
@@ -211,11 +211,11 @@ fn reduce_pair<'py, T: Float + Element>(
     if x.shape() != t.shape() {
         return Ok(None);
     }
-    let divisor = crate::loss::divisor(reduction, x.shape(), t.shape()).map_err(py_error)?;
+    let divisor = reduction.divisor(x.shape(), t.shape()).map_err(py_error)?;
     let (Ok(x), Ok(t)) = (x.try_readonly(), t.try_readonly()) else {
         return Ok(None);
     };
-    let value = T::from_f64(reduce(py, x, t, divisor, log_target)?);
+    let value = T::from_f64(sum_of(py, x, t, log_target)? / divisor);
     numpy_scalar(py, value).map(Some)
 }
 
@@ -232,67 +232,143 @@ fn numpy_scalar<T: Element>(py: Python<'_>, mut value: T) -> PyResult<Bound<'_, 
     }
 }
 
-/// The loss terms written into `out`.
-fn terms<T: Float + Element>(
-    py: Python<'_>,
-    x: In<'_, T>,
-    t: In<'_, T>,
-    mut out: Out<'_, T>,
-    log_target: bool,
-) -> PyResult<()> {
-    let (x, t, o) = (x.as_array(), t.as_array(), out.as_array_mut());
-    run(py, || crate::kl_div_terms_into(x, t, o, log_target))
+/// Runs `$body` with `$t` the element type of the float32 or float64 array `$array` (a
+/// `TypeError` for any other): the one place the bindings choose a kernel's dtype. The other
+/// arrays of the call are extracted as arrays of `$t` (a `TypeError` if they are not).
+macro_rules! by_dtype {
+    ($array:expr, $t:ident => $body:expr) => {{
+        let dtype = $array.dtype();
+        if dtype.is_equiv_to(&numpy::dtype::<f32>($array.py())) {
+            type $t = f32;
+            $body
+        } else if dtype.is_equiv_to(&numpy::dtype::<f64>($array.py())) {
+            type $t = f64;
+            $body
+        } else {
+            Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "the kernels take float32 or float64 arrays, not {dtype}"
+            )))
+        }
+    }};
 }
 
-/// The gradients for `grad_output / divisor` that are asked for, written into `grad_input`
-/// and `grad_target`.
-#[allow(clippy::too_many_arguments)]
-fn backward<T: Float + Element>(
-    py: Python<'_>,
-    grad_output: In<'_, T>,
-    divisor: f64,
-    x: In<'_, T>,
-    t: In<'_, T>,
-    mut grad_input: Option<Out<'_, T>>,
-    mut grad_target: Option<Out<'_, T>>,
+/// The float64 sum of the loss terms, not rounded (for sums over several calls).
+#[pyfunction]
+fn sum(
+    input: &Bound<'_, PyUntypedArray>,
+    target: &Bound<'_, PyAny>,
+    log_target: bool,
+) -> PyResult<f64> {
+    by_dtype!(input, T => sum_of::<T>(input.py(), input.extract()?, target.extract()?, log_target))
+}
+
+/// The loss terms written into `out`.
+#[pyfunction]
+fn terms(
+    input: &Bound<'_, PyUntypedArray>,
+    target: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
     log_target: bool,
 ) -> PyResult<()> {
-    let (g, x, t) = (grad_output.as_array(), x.as_array(), t.as_array());
-    let gx = grad_input.as_mut().map(|a| a.as_array_mut());
-    let gt = grad_target.as_mut().map(|a| a.as_array_mut());
-    run(py, || {
-        crate::kl_div_backward_into(g, divisor, x, t, gx, gt, log_target)
+    by_dtype!(input, T => {
+        let (x, t): (In<'_, T>, In<'_, T>) = (input.extract()?, target.extract()?);
+        let mut out: Out<'_, T> = out.extract()?;
+        let (x, t, o) = (x.as_array(), t.as_array(), out.as_array_mut());
+        run(input.py(), || crate::kl_div_terms_into(x, t, o, log_target))
+    })
+}
+
+/// The gradients for `grad_output / divisor` that are asked for (outputs that are not None),
+/// written into `grad_input` and `grad_target`.
+#[pyfunction]
+#[pyo3(signature = (grad_output, divisor, input, target, grad_input, grad_target, log_target))]
+fn backward(
+    grad_output: &Bound<'_, PyAny>,
+    divisor: f64,
+    input: &Bound<'_, PyUntypedArray>,
+    target: &Bound<'_, PyAny>,
+    grad_input: Option<&Bound<'_, PyAny>>,
+    grad_target: Option<&Bound<'_, PyAny>>,
+    log_target: bool,
+) -> PyResult<()> {
+    by_dtype!(input, T => {
+        let (g, x, t): (In<'_, T>, In<'_, T>, In<'_, T>) =
+            (grad_output.extract()?, input.extract()?, target.extract()?);
+        let mut gx: Option<Out<'_, T>> = grad_input.map(|a| a.extract()).transpose()?;
+        let mut gt: Option<Out<'_, T>> = grad_target.map(|a| a.extract()).transpose()?;
+        let (g, x, t) = (g.as_array(), x.as_array(), t.as_array());
+        let (gx, gt) = (gx.as_mut().map(|a| a.as_array_mut()), gt.as_mut().map(|a| a.as_array_mut()));
+        run(input.py(), || {
+            crate::grad::backward_into(g, divisor, x, t, gx, gt, log_target)
+        })
     })
 }
 
 /// The float64 sum of the terms (not rounded), with the input gradient for `1 / divisor`
 /// written in the same pass.
-fn sum_and_grad<T: Float + Element>(
-    py: Python<'_>,
-    x: In<'_, T>,
-    t: In<'_, T>,
+#[pyfunction]
+fn sum_and_grad(
+    input: &Bound<'_, PyUntypedArray>,
+    target: &Bound<'_, PyAny>,
     divisor: f64,
-    mut grad_input: Out<'_, T>,
+    grad_input: &Bound<'_, PyAny>,
     log_target: bool,
 ) -> PyResult<f64> {
-    let (x, t, gx) = (x.as_array(), t.as_array(), grad_input.as_array_mut());
-    run(py, || crate::grad::fused_sum(x, t, divisor, gx, log_target))
+    by_dtype!(input, T => {
+        let (x, t): (In<'_, T>, In<'_, T>) = (input.extract()?, target.extract()?);
+        let mut gx: Out<'_, T> = grad_input.extract()?;
+        let (x, t, gx) = (x.as_array(), t.as_array(), gx.as_array_mut());
+        run(input.py(), || crate::grad::fused_sum(x, t, divisor, gx, log_target))
+    })
 }
 
 /// The loss terms and the input gradient (for ones) in one pass.
-fn terms_and_grad<T: Float + Element>(
-    py: Python<'_>,
-    x: In<'_, T>,
-    t: In<'_, T>,
-    mut loss: Out<'_, T>,
-    mut grad_input: Out<'_, T>,
+#[pyfunction]
+fn terms_and_grad(
+    input: &Bound<'_, PyUntypedArray>,
+    target: &Bound<'_, PyAny>,
+    loss: &Bound<'_, PyAny>,
+    grad_input: &Bound<'_, PyAny>,
     log_target: bool,
 ) -> PyResult<()> {
-    let (x, t) = (x.as_array(), t.as_array());
-    let (l, gx) = (loss.as_array_mut(), grad_input.as_array_mut());
-    run(py, || {
-        crate::kl_div_terms_and_grad_into(x, t, l, gx, log_target)
+    by_dtype!(input, T => {
+        let (x, t): (In<'_, T>, In<'_, T>) = (input.extract()?, target.extract()?);
+        let (mut l, mut gx): (Out<'_, T>, Out<'_, T>) = (loss.extract()?, grad_input.extract()?);
+        let (x, t) = (x.as_array(), t.as_array());
+        let (l, gx) = (l.as_array_mut(), gx.as_array_mut());
+        run(input.py(), || crate::kl_div_terms_and_grad_into(x, t, l, gx, log_target))
     })
+}
+
+/// What `reduction` divides the sum by for an input and a target of these shapes
+/// ([`Reduction::divisor`]; 1 for "none"). Raises the error of an unknown reduction.
+#[pyfunction]
+fn divisor(reduction: &str, input_shape: Vec<usize>, target_shape: Vec<usize>) -> PyResult<f64> {
+    if reduction == "none" {
+        return Ok(1.0);
+    }
+    let reduction: Reduction = reduction.parse().map_err(py_error)?;
+    reduction
+        .divisor(&input_shape, &target_shape)
+        .map_err(py_error)
+}
+
+/// Raises `ValueError` with the error of an unknown reduction unless `reduction` is one of
+/// "none", "sum", "mean", "batchmean".
+#[pyfunction]
+fn check_reduction(reduction: &Bound<'_, PyAny>) -> PyResult<()> {
+    match reduction.extract::<String>() {
+        Ok(name) if name == "none" || name.parse::<Reduction>().is_ok() => Ok(()),
+        Ok(name) => Err(py_error(Error::Reduction(name))),
+        Err(_) => Err(py_error(Error::Reduction(reduction.repr()?.to_string()))),
+    }
+}
+
+/// The broadcast shape of `input` and `target` (NumPy rules, any number of dimensions), or the
+/// `ValueError` that names both shapes.
+#[pyfunction]
+fn broadcast_shape(input: Vec<usize>, target: Vec<usize>) -> PyResult<Vec<usize>> {
+    crate::loss::common_shape(&input, &target).map_err(py_error)
 }
 
 /// Raises `ValueError` if an output (`(name, array)`) has elements that share memory, or shares
@@ -414,7 +490,7 @@ impl Drop for Buffer {
 }
 
 /// An array of `shape` for a result (C order, contents unspecified: the kernels overwrite it).
-fn empty<'py, T: Float + Element>(
+fn empty_of<'py, T: Float + Element>(
     py: Python<'py>,
     shape: Vec<usize>,
 ) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
@@ -443,85 +519,62 @@ fn empty<'py, T: Float + Element>(
     Ok(array)
 }
 
+/// An array of `shape` and `dtype` (float32 or float64) for a result, C order, contents
+/// unspecified (see [`pool`]).
 #[pyfunction]
-fn empty_f32(py: Python<'_>, shape: Vec<usize>) -> PyResult<Bound<'_, PyArrayDyn<f32>>> {
-    empty::<f32>(py, shape)
+fn empty<'py>(
+    py: Python<'py>,
+    shape: Vec<usize>,
+    dtype: &Bound<'py, PyArrayDescr>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if dtype.is_equiv_to(&numpy::dtype::<f32>(py)) {
+        empty_of::<f32>(py, shape).map(Bound::into_any)
+    } else if dtype.is_equiv_to(&numpy::dtype::<f64>(py)) {
+        empty_of::<f64>(py, shape).map(Bound::into_any)
+    } else {
+        Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "results are float32 or float64, not {dtype}"
+        )))
+    }
 }
-
-#[pyfunction]
-fn empty_f64(py: Python<'_>, shape: Vec<usize>) -> PyResult<Bound<'_, PyArrayDyn<f64>>> {
-    empty::<f64>(py, shape)
-}
-
-/// Defines `<name>_f32` and `<name>_f64` Python functions over one generic helper above.
-macro_rules! per_dtype {
-    ($helper:ident -> $ret:ty, $f32:ident, $f64:ident, ($($arg:ident : $kind:ident),*)) => {
-        per_dtype!(@one $helper -> $ret, $f32, f32, ($($arg : $kind),*));
-        per_dtype!(@one $helper -> $ret, $f64, f64, ($($arg : $kind),*));
-    };
-    (@one $helper:ident -> $ret:ty, $name:ident, $t:ty, ($($arg:ident : $kind:ident),*)) => {
-        #[pyfunction]
-        #[allow(clippy::too_many_arguments)]
-        fn $name<'py>(py: Python<'py>, $($arg: per_dtype!(@ty $kind, $t)),*) -> PyResult<$ret> {
-            $helper::<$t>(py, $($arg),*)
-        }
-    };
-    (@ty In, $t:ty) => { In<'py, $t> };
-    (@ty Out, $t:ty) => { Out<'py, $t> };
-    (@ty OptOut, $t:ty) => { Option<Out<'py, $t>> };
-    (@ty f64, $t:ty) => { f64 };
-    (@ty bool, $t:ty) => { bool };
-}
-
-per_dtype!(sum -> f64, sum_f32, sum_f64, (input: In, target: In, log_target: bool));
-per_dtype!(terms -> (), terms_f32, terms_f64, (input: In, target: In, out: Out, log_target: bool));
-per_dtype!(backward -> (), backward_f32, backward_f64,
-    (grad_output: In, divisor: f64, input: In, target: In, grad_input: OptOut,
-     grad_target: OptOut, log_target: bool));
-per_dtype!(sum_and_grad -> f64, sum_and_grad_f32, sum_and_grad_f64,
-    (input: In, target: In, divisor: f64, grad_input: Out, log_target: bool));
-per_dtype!(terms_and_grad -> (), terms_and_grad_f32, terms_and_grad_f64,
-    (input: In, target: In, loss: Out, grad_input: Out, log_target: bool));
 
 /// Sets the size of kldiv's thread pool (0: the default).
 #[pyfunction]
 fn set_num_threads(n: usize) -> PyResult<()> {
-    crate::set_num_threads(n).map_err(py_error)
+    crate::runtime::set_num_threads(n).map_err(py_error)
 }
 
 /// The size of kldiv's thread pool.
 #[pyfunction]
 fn get_num_threads() -> usize {
-    crate::get_num_threads()
+    crate::runtime::get_num_threads()
 }
 
 /// The SIMD level the kernels run at: "scalar", "avx2" or "avx512".
 #[pyfunction]
 fn simd_level() -> &'static str {
-    crate::simd_level().name()
+    crate::runtime::simd_level().name()
 }
 
 /// The best SIMD level this CPU supports.
 #[pyfunction]
 fn detected_simd_level() -> &'static str {
-    crate::detected_simd_level().name()
+    crate::runtime::detected_simd_level().name()
 }
 
 #[pymodule]
 fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(sum_f32, m)?)?;
-    m.add_function(wrap_pyfunction!(sum_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(sum, m)?)?;
     m.add_function(wrap_pyfunction!(reduce_plain, m)?)?;
-    m.add_function(wrap_pyfunction!(terms_f32, m)?)?;
-    m.add_function(wrap_pyfunction!(terms_f64, m)?)?;
-    m.add_function(wrap_pyfunction!(backward_f32, m)?)?;
-    m.add_function(wrap_pyfunction!(backward_f64, m)?)?;
-    m.add_function(wrap_pyfunction!(sum_and_grad_f32, m)?)?;
-    m.add_function(wrap_pyfunction!(sum_and_grad_f64, m)?)?;
-    m.add_function(wrap_pyfunction!(terms_and_grad_f32, m)?)?;
-    m.add_function(wrap_pyfunction!(terms_and_grad_f64, m)?)?;
-    m.add_function(wrap_pyfunction!(empty_f32, m)?)?;
-    m.add_function(wrap_pyfunction!(empty_f64, m)?)?;
+    m.add_function(wrap_pyfunction!(terms, m)?)?;
+    m.add_function(wrap_pyfunction!(backward, m)?)?;
+    m.add_function(wrap_pyfunction!(sum_and_grad, m)?)?;
+    m.add_function(wrap_pyfunction!(terms_and_grad, m)?)?;
+    m.add_function(wrap_pyfunction!(empty, m)?)?;
+    m.add_function(wrap_pyfunction!(divisor, m)?)?;
+    m.add_function(wrap_pyfunction!(check_reduction, m)?)?;
+    m.add_function(wrap_pyfunction!(broadcast_shape, m)?)?;
+    m.add_function(wrap_pyfunction!(is_plain_pair, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
@@ -530,7 +583,12 @@ fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(shutdown, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_DIMS", MAX_DIMS)?;
-    m.add("MAX_THREADS", crate::MAX_THREADS)?;
+    m.add("MAX_THREADS", crate::runtime::MAX_THREADS)?;
+    let names = Reduction::ALL.map(Reduction::name);
+    m.add(
+        "REDUCTIONS",
+        std::iter::once("none").chain(names).collect::<Vec<_>>(),
+    )?;
     let main: usize = m
         .py()
         .import("threading")?

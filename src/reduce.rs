@@ -8,10 +8,7 @@
 
 use crate::float::Float;
 use crate::simd::Kernel;
-use crate::terms::{
-    add_fast_term, add_term, grad_input_with, term_with, transcendental_slice,
-    transcendental_slice_by,
-};
+use crate::terms::{add_factored_term, add_term, grad_input_with, term_with, transcendental_slice};
 use crate::walk::TILE;
 
 /// Number of independent `f64` accumulators per block (a multiple of every SIMD width).
@@ -24,21 +21,21 @@ pub(crate) type Lanes = [f64; LANES];
 /// `first` (only `first % LANES` matters).
 #[inline(always)]
 pub(crate) fn sum_slice<const LOG_TARGET: bool, T: Float>(
-    tr: &mut [T; TILE],
+    ft: &mut [T; TILE],
     acc: &mut Lanes,
     first: usize,
     x: &[T],
     t: &[T],
 ) {
     debug_assert!(x.len() == t.len() && x.len() <= TILE);
-    let tr = &mut tr[..x.len()];
-    let fast = transcendental_slice::<LOG_TARGET, T>(t, tr, &[x, t]);
-    sum_terms::<LOG_TARGET, false, T>(acc, first, x, t, tr, fast, 0.0, &mut []);
+    let ft = &mut ft[..x.len()];
+    let fast = transcendental_slice::<LOG_TARGET, T>(t, ft, &[x, t]);
+    sum_terms::<LOG_TARGET, false, T>(acc, first, x, t, ft, fast, 0.0, &mut []);
 }
 
-/// Adds the terms of `x`, `t` into `acc` given `tr = transcendental(t)`; element `i` goes to
+/// Adds the terms of `x`, `t` into `acc` given `ft = transcendental(t)`; element `i` goes to
 /// lane `(first + i) % LANES`, in order of `i` within each lane. `fast` says that
-/// [`crate::terms::fast_term`] gives every term (as [`transcendental_slice`] returns it). With
+/// [`crate::terms::factored_term`] gives every term (as [`transcendental_slice`] returns it). With
 /// `GRAD`, also writes the input gradient for `g` into `gx` in the same loop (one load and
 /// widening of each `t`). Every fused reduction goes through here.
 #[allow(clippy::too_many_arguments)]
@@ -48,29 +45,29 @@ pub(crate) fn sum_terms<const LOG_TARGET: bool, const GRAD: bool, T: Float>(
     first: usize,
     x: &[T],
     t: &[T],
-    tr: &[T],
+    ft: &[T],
     fast: bool,
     g: f64,
     gx: &mut [T],
 ) {
     if fast {
-        let add = add_fast_term::<LOG_TARGET, T>;
-        sum_terms_by::<LOG_TARGET, GRAD, T>(acc, first, x, t, tr, g, gx, add)
+        let add = add_factored_term::<LOG_TARGET, T>;
+        sum_terms_with::<LOG_TARGET, GRAD, T>(acc, first, x, t, ft, g, gx, add)
     } else {
         let add = add_term::<LOG_TARGET, T>;
-        sum_terms_by::<LOG_TARGET, GRAD, T>(acc, first, x, t, tr, g, gx, add)
+        sum_terms_with::<LOG_TARGET, GRAD, T>(acc, first, x, t, ft, g, gx, add)
     }
 }
 
 /// [`sum_terms`] with the function that adds a term to a lane given.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn sum_terms_by<const LOG_TARGET: bool, const GRAD: bool, T: Float>(
+fn sum_terms_with<const LOG_TARGET: bool, const GRAD: bool, T: Float>(
     acc: &mut Lanes,
     first: usize,
     x: &[T],
     t: &[T],
-    tr: &[T],
+    ft: &[T],
     g: f64,
     gx: &mut [T],
     add: impl Fn(f64, T, T, T) -> f64,
@@ -79,9 +76,9 @@ fn sum_terms_by<const LOG_TARGET: bool, const GRAD: bool, T: Float>(
     debug_assert!(!GRAD || gx.len() == n);
     // Element i of a head or tail: its term into `lane`, its gradient (with GRAD) into gx[i].
     let one = |lane: &mut f64, gx: &mut [T], i: usize| {
-        *lane = add(*lane, x[i], t[i], tr[i]);
+        *lane = add(*lane, x[i], t[i], ft[i]);
         if GRAD {
-            gx[i] = T::from_f64(grad_input_with::<LOG_TARGET, T>(g, t[i], tr[i]));
+            gx[i] = T::from_f64(grad_input_with::<LOG_TARGET, T>(g, t[i], ft[i]));
         }
     };
     // Head: up to the next multiple of LANES.
@@ -98,18 +95,18 @@ fn sum_terms_by<const LOG_TARGET: bool, const GRAD: bool, T: Float>(
     let groups = x[body.clone()]
         .chunks_exact(LANES)
         .zip(t[body.clone()].chunks_exact(LANES))
-        .zip(tr[body.clone()].chunks_exact(LANES));
+        .zip(ft[body.clone()].chunks_exact(LANES));
     if GRAD {
-        for (((xg, tg), trg), gxg) in groups.zip(gx[body].chunks_exact_mut(LANES)) {
+        for (((xg, tg), ftg), gxg) in groups.zip(gx[body].chunks_exact_mut(LANES)) {
             for j in 0..LANES {
-                lanes[j] = add(lanes[j], xg[j], tg[j], trg[j]);
-                gxg[j] = T::from_f64(grad_input_with::<LOG_TARGET, T>(g, tg[j], trg[j]));
+                lanes[j] = add(lanes[j], xg[j], tg[j], ftg[j]);
+                gxg[j] = T::from_f64(grad_input_with::<LOG_TARGET, T>(g, tg[j], ftg[j]));
             }
         }
     } else {
-        for ((xg, tg), trg) in groups {
+        for ((xg, tg), ftg) in groups {
             for j in 0..LANES {
-                lanes[j] = add(lanes[j], xg[j], tg[j], trg[j]);
+                lanes[j] = add(lanes[j], xg[j], tg[j], ftg[j]);
             }
         }
     }
@@ -122,23 +119,22 @@ fn sum_terms_by<const LOG_TARGET: bool, const GRAD: bool, T: Float>(
 
 /// [`sum_slice`] as a [`Kernel`] for [`crate::simd::dispatch`].
 pub(crate) struct Sum<'a, T> {
-    pub tr: &'a mut [T; TILE],
-    pub acc: &'a mut Lanes,
-    pub first: usize,
-    pub x: &'a [T],
-    pub t: &'a [T],
-    pub log_target: bool,
+    pub(crate) ft: &'a mut [T; TILE],
+    pub(crate) acc: &'a mut Lanes,
+    pub(crate) first: usize,
+    pub(crate) x: &'a [T],
+    pub(crate) t: &'a [T],
+    pub(crate) log_target: bool,
 }
 
 impl<T: Float> Kernel for Sum<'_, T> {
     type Output = ();
+    fn log_target(&self) -> bool {
+        self.log_target
+    }
     #[inline(always)]
-    fn run(self) {
-        if self.log_target {
-            sum_slice::<true, T>(self.tr, self.acc, self.first, self.x, self.t)
-        } else {
-            sum_slice::<false, T>(self.tr, self.acc, self.first, self.x, self.t)
-        }
+    fn run<const LOG_TARGET: bool>(self) {
+        sum_slice::<LOG_TARGET, T>(self.ft, self.acc, self.first, self.x, self.t)
     }
 }
 
@@ -150,111 +146,51 @@ pub(crate) const SCALE: f64 = 1.0 / (1u128 << 70) as f64;
 /// them: a sum whose partial sums cannot overflow (tiny terms may round away, which a sum
 /// large enough to need this does not see).
 pub(crate) struct ScaledSum<'a, T> {
-    pub tr: &'a mut [T; TILE],
-    pub acc: &'a mut Lanes,
-    pub first: usize,
-    pub x: &'a [T],
-    pub t: &'a [T],
-    pub log_target: bool,
+    pub(crate) ft: &'a mut [T; TILE],
+    pub(crate) acc: &'a mut Lanes,
+    pub(crate) first: usize,
+    pub(crate) x: &'a [T],
+    pub(crate) t: &'a [T],
+    pub(crate) log_target: bool,
 }
 
 impl<T: Float> Kernel for ScaledSum<'_, T> {
     type Output = ();
+    fn log_target(&self) -> bool {
+        self.log_target
+    }
     #[inline(always)]
-    fn run(self) {
-        #[inline(always)]
-        fn scaled<const LOG_TARGET: bool, T: Float>(k: ScaledSum<'_, T>) {
-            let tr = &mut k.tr[..k.x.len()];
-            transcendental_slice::<LOG_TARGET, T>(k.t, tr, &[]);
-            let add =
-                |acc: f64, x: T, t: T, tr: T| acc + term_with::<LOG_TARGET, T>(x, t, tr) * SCALE;
-            sum_terms_by::<LOG_TARGET, false, T>(k.acc, k.first, k.x, k.t, tr, 0.0, &mut [], add);
-        }
-        if self.log_target {
-            scaled::<true, T>(self)
-        } else {
-            scaled::<false, T>(self)
-        }
+    fn run<const LOG_TARGET: bool>(self) {
+        let ft = &mut self.ft[..self.x.len()];
+        transcendental_slice::<LOG_TARGET, T>(self.t, ft, &[]);
+        let add = |acc: f64, x: T, t: T, ft: T| acc + term_with::<LOG_TARGET, T>(x, t, ft) * SCALE;
+        let (acc, first, x, t) = (self.acc, self.first, self.x, self.t);
+        sum_terms_with::<LOG_TARGET, false, T>(acc, first, x, t, ft, 0.0, &mut [], add);
     }
 }
 
-/// Adds the terms of a span of a transposed walk's columns to their rows' accumulators. `x` and
-/// `t` hold `len` rows (from row `r` of a group of `nr` rows) of each of the columns `c..`,
-/// column after column: whole columns (`len == nr`) or a part of one column. `acc[k * nr + i]`
-/// is the lane of row `i` of the group that the columns `c` with `c % LANES == k` add to, so
-/// the accumulators of whole columns that take consecutive lanes lie one after another, as the
-/// columns do: they are added in one loop. `ahead(i)` is called at the first element `i` of
-/// each cache line (see [`transcendental_slice_by`]).
-#[inline(always)]
-pub(crate) fn column_sum<const LOG_TARGET: bool, T: Float>(
-    tr: &mut [T; TILE],
-    acc: &mut [f64],
-    (nr, r, len): (usize, usize, usize),
-    c: usize,
-    x: &[T],
-    t: &[T],
-    ahead: impl Fn(usize),
-) {
-    debug_assert!(x.len() == t.len() && x.len() % len == 0);
-    debug_assert!(len == nr || x.len() == len);
-    let tr = &mut tr[..x.len()];
-    let span = (nr, r, len, c);
-    if transcendental_slice_by::<LOG_TARGET, T>(t, tr, ahead) {
-        column_sum_by(acc, span, x, t, tr, add_fast_term::<LOG_TARGET, T>)
-    } else {
-        column_sum_by(acc, span, x, t, tr, add_term::<LOG_TARGET, T>)
-    }
+/// [`sum_terms`] as a [`Kernel`], `ft` given, and `fast` as [`transcendental_slice`] returned
+/// it for all the `t` that `ft` was computed from.
+pub(crate) struct SumPrecomputed<'a, T> {
+    pub(crate) acc: &'a mut Lanes,
+    pub(crate) first: usize,
+    pub(crate) x: &'a [T],
+    pub(crate) t: &'a [T],
+    pub(crate) ft: &'a [T],
+    pub(crate) fast: bool,
+    pub(crate) log_target: bool,
 }
 
-/// [`column_sum`] given `tr`, with the function that adds a term given.
-#[inline(always)]
-fn column_sum_by<T: Float>(
-    acc: &mut [f64],
-    (nr, r, len, c): (usize, usize, usize, usize),
-    x: &[T],
-    t: &[T],
-    tr: &[T],
-    add: impl Fn(f64, T, T, T) -> f64,
-) {
-    let (mut done, mut col) = (0, c);
-    while done < x.len() {
-        // The columns from `col` up to the end of the lanes (or of the span).
-        let lane = col % LANES;
-        let cols = (LANES - lane).min((x.len() - done) / len);
-        let part = done..done + cols * len;
-        let acc = &mut acc[lane * nr + r..][..part.len()];
-        let terms = x[part.clone()].iter().zip(&t[part.clone()]).zip(&tr[part]);
-        for (a, ((&x, &t), &tr)) in acc.iter_mut().zip(terms) {
-            *a = add(*a, x, t, tr);
-        }
-        done += cols * len;
-        col += cols;
-    }
-}
-
-/// [`sum_terms`] as a [`Kernel`], `tr` given, and `fast` as [`transcendental_slice`] returned
-/// it for all the `t` that `tr` was computed from.
-pub(crate) struct SumGiven<'a, T> {
-    pub acc: &'a mut Lanes,
-    pub first: usize,
-    pub x: &'a [T],
-    pub t: &'a [T],
-    pub tr: &'a [T],
-    pub fast: bool,
-    pub log_target: bool,
-}
-
-impl<T: Float> Kernel for SumGiven<'_, T> {
+impl<T: Float> Kernel for SumPrecomputed<'_, T> {
     type Output = ();
+    fn log_target(&self) -> bool {
+        self.log_target
+    }
     #[inline(always)]
-    fn run(self) {
-        let (acc, first, x, t, tr, fast) =
-            (self.acc, self.first, self.x, self.t, self.tr, self.fast);
-        if self.log_target {
-            sum_terms::<true, false, T>(acc, first, x, t, tr, fast, 0.0, &mut [])
-        } else {
-            sum_terms::<false, false, T>(acc, first, x, t, tr, fast, 0.0, &mut [])
-        }
+    fn run<const LOG_TARGET: bool>(self) {
+        let (acc, first, x, t, ft, fast) =
+            (self.acc, self.first, self.x, self.t, self.ft, self.fast);
+        sum_terms::<LOG_TARGET, false, T>(acc, first, x, t, ft, fast, 0.0, &mut [])
     }
 }
 
@@ -282,12 +218,12 @@ mod tests {
         let x: Vec<f32> = (0..n).map(|i| -1.0 - (i as f32) * 0.013).collect();
         let t: Vec<f32> = (0..n).map(|i| ((i * 7919) % 97) as f32 / 97.0).collect();
         let mut whole = [0.0; LANES];
-        let mut tr = [0.0; TILE];
-        sum_slice::<false, f32>(&mut tr, &mut whole, 0, &x, &t);
+        let mut ft = [0.0; TILE];
+        sum_slice::<false, f32>(&mut ft, &mut whole, 0, &x, &t);
         for cut in [1, 5, 16, 17, 100, 202] {
             let mut parts = [0.0; LANES];
-            sum_slice::<false, f32>(&mut tr, &mut parts, 0, &x[..cut], &t[..cut]);
-            sum_slice::<false, f32>(&mut tr, &mut parts, cut, &x[cut..], &t[cut..]);
+            sum_slice::<false, f32>(&mut ft, &mut parts, 0, &x[..cut], &t[..cut]);
+            sum_slice::<false, f32>(&mut ft, &mut parts, cut, &x[cut..], &t[cut..]);
             assert_eq!(
                 whole.map(f64::to_bits),
                 parts.map(f64::to_bits),
@@ -314,12 +250,12 @@ mod tests {
         let t: Vec<f32> = (0..n)
             .map(|i| next() * 10f32.powi(-((i % 38) as i32)) + 1e-37)
             .collect();
-        let mut tr = vec![0.0f32; n];
-        assert!(transcendental_slice::<false, f32>(&t, &mut tr, &[]));
+        let mut ft = vec![0.0f32; n];
+        assert!(transcendental_slice::<false, f32>(&t, &mut ft, &[]));
         for first in [0, 5] {
             let (mut fast, mut general) = ([0.0; LANES], [0.0; LANES]);
-            sum_terms::<false, false, f32>(&mut fast, first, &x, &t, &tr, true, 0.0, &mut []);
-            sum_terms::<false, false, f32>(&mut general, first, &x, &t, &tr, false, 0.0, &mut []);
+            sum_terms::<false, false, f32>(&mut fast, first, &x, &t, &ft, true, 0.0, &mut []);
+            sum_terms::<false, false, f32>(&mut general, first, &x, &t, &ft, false, 0.0, &mut []);
             assert_eq!(fast.map(f64::to_bits), general.map(f64::to_bits));
         }
         // log_target: t holds log-probabilities, and some special values.
@@ -328,10 +264,10 @@ mod tests {
         lt[9] = f32::INFINITY;
         lt[17] = f32::NAN;
         lt[20] = 80.0;
-        assert!(transcendental_slice::<true, f32>(&lt, &mut tr, &[]));
+        assert!(transcendental_slice::<true, f32>(&lt, &mut ft, &[]));
         let (mut fast, mut general) = ([0.0; LANES], [0.0; LANES]);
-        sum_terms::<true, false, f32>(&mut fast, 3, &x, &lt, &tr, true, 0.0, &mut []);
-        sum_terms::<true, false, f32>(&mut general, 3, &x, &lt, &tr, false, 0.0, &mut []);
+        sum_terms::<true, false, f32>(&mut fast, 3, &x, &lt, &ft, true, 0.0, &mut []);
+        sum_terms::<true, false, f32>(&mut general, 3, &x, &lt, &ft, false, 0.0, &mut []);
         for (f, g) in fast.iter().zip(&general) {
             assert!(f.to_bits() == g.to_bits() || (f.is_nan() && g.is_nan()));
         }

@@ -10,13 +10,14 @@
 //! everywhere), so all levels give the same bits; the
 //! tests force each level (`KLDIV_SIMD` or [`set_simd_level`]) and compare.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// An instruction-set level the kernels can be compiled for.
 ///
 /// # Example
 /// ```
-/// use kldiv::{simd_level, SimdLevel};
+/// use kldiv::runtime::{simd_level, SimdLevel};
 /// assert!(simd_level() >= SimdLevel::Scalar);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,7 +35,7 @@ impl SimdLevel {
     ///
     /// # Example
     /// ```
-    /// assert_eq!(kldiv::SimdLevel::Avx2.name(), "avx2");
+    /// assert_eq!(kldiv::runtime::SimdLevel::Avx2.name(), "avx2");
     /// ```
     pub fn name(self) -> &'static str {
         match self {
@@ -48,7 +49,7 @@ impl SimdLevel {
     ///
     /// # Example
     /// ```
-    /// assert_eq!(kldiv::SimdLevel::from_name("avx512"), Some(kldiv::SimdLevel::Avx512));
+    /// assert_eq!(kldiv::runtime::SimdLevel::from_name("avx512"), Some(kldiv::runtime::SimdLevel::Avx512));
     /// ```
     pub fn from_name(name: &str) -> Option<SimdLevel> {
         match name.trim().to_ascii_lowercase().as_str() {
@@ -73,7 +74,7 @@ impl SimdLevel {
 ///
 /// # Example
 /// ```
-/// assert!(kldiv::detected_simd_level() >= kldiv::simd_level());
+/// assert!(kldiv::runtime::detected_simd_level() >= kldiv::runtime::simd_level());
 /// ```
 pub fn detected_simd_level() -> SimdLevel {
     // Miri runs the baseline code (it does not interpret every AVX-512 intrinsic).
@@ -98,18 +99,80 @@ pub fn detected_simd_level() -> SimdLevel {
 const UNSET: u8 = 0;
 static LEVEL: AtomicU8 = AtomicU8::new(UNSET);
 
+thread_local! {
+    /// The level [`with_simd_level`] asks for on this thread (UNSET: none).
+    static FORCED: Cell<u8> = const { Cell::new(UNSET) };
+}
+
 /// The level the kernels run at: the detected one, lowered by the `KLDIV_SIMD` environment
-/// variable (`scalar`, `avx2`, `avx512`) or by [`set_simd_level`]. Results do not depend on it.
+/// variable (`scalar`, `avx2`, `avx512`) or by [`set_simd_level`], or the one
+/// [`with_simd_level`] sets for the calling thread's kernels. Results do not depend on it.
 ///
 /// # Example
 /// ```
-/// println!("kldiv runs at {}", kldiv::simd_level().name());
+/// println!("kldiv runs at {}", kldiv::runtime::simd_level().name());
 /// ```
 #[inline]
 pub fn simd_level() -> SimdLevel {
-    match LEVEL.load(Ordering::Relaxed) {
-        UNSET => first_simd_level(),
+    match FORCED.with(Cell::get) {
+        UNSET => match LEVEL.load(Ordering::Relaxed) {
+            UNSET => first_simd_level(),
+            v => SimdLevel::from_u8(v),
+        },
         v => SimdLevel::from_u8(v),
+    }
+}
+
+/// Runs `f` with the kernels it starts on this thread, and their share on the pool's threads,
+/// at `level` (or the best level the CPU supports if that is lower), without changing the level
+/// of other callers: tests and benchmarks call each level within one process this way, as
+/// blake3's tests call each backend.
+///
+/// # Example
+/// ```
+/// use kldiv::runtime::{simd_level, with_simd_level, SimdLevel};
+/// let x = ndarray::Array1::from_elem(100_000, -2.0_f32);
+/// let t = ndarray::Array1::from_elem(100_000, 0.5_f32);
+/// let sums = [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512]
+///     .map(|level| with_simd_level(level, || kldiv::kl_div_sum(x.view(), t.view(), false)));
+/// assert!(sums.iter().all(|s| s == &sums[0])); // every level, the same bits
+/// assert_eq!(with_simd_level(SimdLevel::Scalar, simd_level), SimdLevel::Scalar);
+/// ```
+pub fn with_simd_level<R>(level: SimdLevel, f: impl FnOnce() -> R) -> R {
+    let level = level.min(detected_simd_level());
+    Context {
+        forced: level as u8,
+    }
+    .enter(f)
+}
+
+/// What a kernel call carries to every thread that runs a share of it: the level
+/// [`with_simd_level`] forced on the calling thread, if any. Each thread enters it (and the
+/// floating-point environment the kernels assume, see [`with_default_fp`]) around its share.
+#[derive(Clone, Copy)]
+pub(crate) struct Context {
+    forced: u8,
+}
+
+impl Context {
+    /// The calling thread's context.
+    pub(crate) fn current() -> Context {
+        Context {
+            forced: FORCED.with(Cell::get),
+        }
+    }
+
+    /// Runs `f` on this thread in this context.
+    #[inline]
+    pub(crate) fn enter<R>(self, f: impl FnOnce() -> R) -> R {
+        struct Restore(u8);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                FORCED.with(|c| c.set(self.0));
+            }
+        }
+        let _restore = Restore(FORCED.with(|c| c.replace(self.forced)));
+        with_default_fp(f)
     }
 }
 
@@ -124,12 +187,12 @@ fn first_simd_level() -> SimdLevel {
     set_simd_level(requested.unwrap_or(SimdLevel::Avx512))
 }
 
-/// Runs the kernels at `level`, or at the best level the CPU supports if that is lower;
-/// returns the level set. Meant for tests and benchmarks that compare levels.
+/// Runs the kernels of every caller at `level`, or at the best level the CPU supports if that
+/// is lower; returns the level set (see also [`with_simd_level`]).
 ///
 /// # Example
 /// ```
-/// use kldiv::{set_simd_level, SimdLevel};
+/// use kldiv::runtime::{set_simd_level, SimdLevel};
 /// assert_eq!(set_simd_level(SimdLevel::Scalar), SimdLevel::Scalar);
 /// set_simd_level(SimdLevel::Avx512); // back to the best available
 /// ```
@@ -139,11 +202,26 @@ pub fn set_simd_level(level: SimdLevel) -> SimdLevel {
     level
 }
 
-/// A kernel over slices, run by [`dispatch`]. Implementations mark `run` `#[inline(always)]`
-/// so that it is compiled into each level's function.
-pub(crate) trait Kernel {
+/// A kernel over slices, run by [`dispatch`], written once for both forms of the target:
+/// `run::<LOG_TARGET>` is the instance for a target of log-probabilities, and [`dispatch`] is
+/// the one place that turns the runtime `log_target` into it. Implementations mark `run`
+/// `#[inline(always)]` so that it is compiled into each level's function.
+pub(crate) trait Kernel: Sized {
     type Output;
-    fn run(self) -> Self::Output;
+    /// Whether the target holds log-probabilities (which instance of `run` runs).
+    fn log_target(&self) -> bool;
+    /// The kernel for a target of probabilities, or of log-probabilities with `LOG_TARGET`.
+    fn run<const LOG_TARGET: bool>(self) -> Self::Output;
+}
+
+/// `kernel`'s instance for its `log_target`, compiled into the caller (a level's function).
+#[inline(always)]
+fn run<K: Kernel>(kernel: K) -> K::Output {
+    if kernel.log_target() {
+        kernel.run::<true>()
+    } else {
+        kernel.run::<false>()
+    }
 }
 
 /// Runs `kernel` compiled for the current [`simd_level`].
@@ -156,7 +234,7 @@ pub(crate) fn dispatch<K: Kernel>(kernel: K) -> K::Output {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, the CPU has AVX2 and FMA.
         SimdLevel::Avx2 => unsafe { run_avx2(kernel) },
-        _ => kernel.run(),
+        _ => run(kernel),
     }
 }
 
@@ -165,7 +243,7 @@ pub(crate) fn dispatch<K: Kernel>(kernel: K) -> K::Output {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")]
 unsafe fn run_avx512<K: Kernel>(kernel: K) -> K::Output {
-    kernel.run()
+    run(kernel)
 }
 
 /// # Safety
@@ -173,7 +251,7 @@ unsafe fn run_avx512<K: Kernel>(kernel: K) -> K::Output {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2<K: Kernel>(kernel: K) -> K::Output {
-    kernel.run()
+    run(kernel)
 }
 
 /// Runs `f` in the floating-point environment the kernels are written for (and Rust assumes):

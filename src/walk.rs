@@ -17,6 +17,7 @@ use ndarray::{ArrayView, ArrayViewMut, Dimension};
 
 use crate::error::Error;
 use crate::parallel::Blocks;
+use crate::runs::prefetch;
 
 /// Elements per stack tile: room for the longest run of any element type (see [`run_len`]).
 pub(crate) const TILE: usize = 1024;
@@ -68,7 +69,10 @@ pub(crate) fn broadcasts_to(shape: &[usize], to: &[usize]) -> bool {
     let Some(lead) = to.len().checked_sub(shape.len()) else {
         return false;
     };
-    shape.iter().zip(&to[lead..]).all(|(&n, &m)| n == m || n == 1)
+    shape
+        .iter()
+        .zip(&to[lead..])
+        .all(|(&n, &m)| n == m || n == 1)
 }
 
 /// Strides of an operand of `shape`/`strides` broadcast to `to` (0 on broadcast axes).
@@ -90,11 +94,11 @@ pub(crate) fn broadcast_strides(shape: &[usize], strides: &[isize], to: &[usize]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Run<const K: usize> {
     /// Logical index of the first element.
-    pub first: usize,
+    pub(crate) first: usize,
     /// Number of elements.
-    pub len: usize,
+    pub(crate) len: usize,
     /// Element offset of the first element, per operand.
-    pub offsets: [isize; K],
+    pub(crate) offsets: [isize; K],
 }
 
 /// `K` operands laid over one logical shape, with axes merged where all are contiguous.
@@ -386,8 +390,9 @@ impl<'a, T> Out<'a, T> {
 /// inputs, then the outputs (`K == R + W`).
 ///
 /// # Errors
-/// [`Error::OutputShape`] for an output not of `shape` or an input that does not broadcast to
-/// it, [`Error::TooLarge`], [`Error::SelfOverlap`], [`Error::Overlap`].
+/// [`Error::NotBroadcastable`] for an input that does not broadcast to `shape`,
+/// [`Error::OutputShape`] for an output not of `shape`, [`Error::TooLarge`],
+/// [`Error::SelfOverlap`], [`Error::Overlap`].
 #[allow(clippy::type_complexity)]
 pub(crate) fn operands<'a, T: Copy, const K: usize, const R: usize, const W: usize>(
     shape: &[usize],
@@ -395,15 +400,17 @@ pub(crate) fn operands<'a, T: Copy, const K: usize, const R: usize, const W: usi
     outs: [Out<'a, T>; W],
 ) -> Result<(Walk<K>, [Src<'a, T>; R], [Dst<'a, T>; W]), Error> {
     assert_eq!(K, R + W, "one stride per operand");
-    let misfit = ins
-        .iter()
-        .map(|i| i.shape)
-        .find(|s| !broadcasts_to(s, shape))
-        .or_else(|| outs.iter().map(|o| o.shape).find(|&s| s != shape));
-    if let Some(actual) = misfit {
+    if let Some(i) = ins.iter().find(|i| !broadcasts_to(i.shape, shape)) {
+        return Err(Error::NotBroadcastable {
+            name: i.name.to_string(),
+            shape: i.shape.to_vec(),
+            to: shape.to_vec(),
+        });
+    }
+    if let Some(o) = outs.iter().find(|o| o.shape != shape) {
         return Err(Error::OutputShape {
             expected: shape.to_vec(),
-            actual: actual.to_vec(),
+            actual: o.shape.to_vec(),
         });
     }
     let strides: [Vec<isize>; K] = std::array::from_fn(|k| match k.checked_sub(R) {
@@ -497,39 +504,6 @@ impl<T> Src<'_, T> {
     pub(crate) fn prefetch(&self, offset: isize) {
         prefetch(self.ptr.wrapping_offset(offset))
     }
-}
-
-/// How far ahead of the value being computed the fused kernels ask for the memory they stream
-/// through (see [`prefetch_ahead`]). Without it the hardware prefetchers let the two streams
-/// fall behind while the `ln` of a run is computed, and each run waited for memory. Sums of
-/// 1000 x 10000 values, medians of a throwaway example taking turns on an AVX2 machine (AMD
-/// EPYC, Zen 3), 2 KiB ahead against none: f32 on 2 threads 0.73 -> 0.54 ns/element, one
-/// thread 1.33 -> 1.01; f64 on 2 threads 2.39 -> 1.84, one thread 4.48 -> 3.58 (1000 x 1000
-/// f32, in cache: no change). 1 KiB, 3 KiB and 4 KiB ahead, and into L2 (`prefetcht1`), were
-/// within the noise of 2 KiB; 3 KiB kept (the best medians of one turn-taking run).
-pub(crate) const AHEAD: usize = 3072;
-
-/// Asks for the cache line [`AHEAD`] bytes after element `i` of `s`, into L1. Only a hint: the
-/// address may lie beyond `s` (or its array), where it costs a wasted fetch at worst.
-#[inline(always)]
-pub(crate) fn prefetch_ahead<T>(s: &[T], i: usize) {
-    let step = AHEAD / std::mem::size_of::<T>().max(1);
-    prefetch(s.as_ptr().wrapping_add(i + step))
-}
-
-/// Asks the CPU to bring the cache line at `p` into L1 (no effect on other targets, nor under
-/// Miri).
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program, so
-    // any address is allowed (`p` may lie outside the view: it is made with `wrapping_offset`).
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
-    };
-    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-    let _ = p;
 }
 
 /// A writable operand: the address of logical index 0 of a mutable view.

@@ -67,7 +67,7 @@ fn ln_f32_every_input_within_1_ulp() {
     let worst = every_input(ln_slice, ln_f32, |x| (x as f64).ln() as f32);
     println!(
         "ln_f32 at {}: worst {worst} ulp",
-        kldiv::simd_level().name()
+        kldiv::runtime::simd_level().name()
     );
     assert!(worst <= 1, "worst {worst} ulp");
 }
@@ -78,7 +78,7 @@ fn exp_f32_every_input_within_1_ulp() {
     let worst = every_input(exp_slice, exp_f32, |x| (x as f64).exp() as f32);
     println!(
         "exp_f32 at {}: worst {worst} ulp",
-        kldiv::simd_level().name()
+        kldiv::runtime::simd_level().name()
     );
     assert!(worst <= 1, "worst {worst} ulp");
 }

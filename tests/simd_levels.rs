@@ -3,7 +3,8 @@
 
 use kldiv::{
     kl_div_and_grad, kl_div_backward_into, kl_div_sum, kl_div_terms, kl_div_terms_and_grad_into,
-    set_simd_level, Float, SimdLevel,
+    runtime::{set_simd_level, SimdLevel},
+    Float, Reduction,
 };
 use ndarray::{arr0, s, Array2, ArrayD};
 
@@ -72,9 +73,9 @@ fn outputs<T: Float>(x: &Array2<T>, t: &Array2<T>) -> Vec<u64> {
         let g0 = arr0(T::from_f64(0.5));
         kl_div_backward_into(
             g0.view(),
-            3.0,
             x.view(),
             tt.view(),
+            Reduction::Mean,
             Some(gx.view_mut()),
             Some(gt.view_mut()),
             log_target,

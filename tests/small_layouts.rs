@@ -145,9 +145,9 @@ fn check<T: Float>(log_target: bool, all: bool) {
             let (mut gx, mut gt) = (Array2::<T>::default(shape), Array2::<T>::default(shape));
             kl_div_backward_into(
                 ones.view(),
-                d,
                 xv,
                 tv,
+                Reduction::BatchMean,
                 Some(gx.view_mut()),
                 Some(gt.view_mut()),
                 log_target,
@@ -164,9 +164,9 @@ fn check<T: Float>(log_target: bool, all: bool) {
             let mut only = Array2::<T>::default(shape);
             kl_div_backward_into(
                 ones.view(),
-                d,
                 xv,
                 tv,
+                Reduction::BatchMean,
                 Some(only.view_mut()),
                 None::<ArrayViewMut2<T>>,
                 log_target,
@@ -213,12 +213,12 @@ fn every_kernel_every_layout_one_and_three_threads() {
     // Under Miri: three threads (the crate's unit tests run one), every kernel once.
     let threads: &[usize] = if cfg!(miri) { &[3] } else { &[1, 3] };
     for &n in threads {
-        kldiv::set_num_threads(n).unwrap();
+        kldiv::runtime::set_num_threads(n).unwrap();
         check::<f64>(false, true);
         check::<f64>(true, !cfg!(miri));
         check::<f32>(false, !cfg!(miri));
     }
-    kldiv::set_num_threads(0).unwrap();
+    kldiv::runtime::set_num_threads(0).unwrap();
 }
 
 #[test]
@@ -230,8 +230,8 @@ fn sums_that_overflow_halfway_are_summed_again() {
         x[[0, i]] = v;
         t[[0, i]] = 1.0;
     }
-    kldiv::set_num_threads(2).unwrap();
+    kldiv::runtime::set_num_threads(2).unwrap();
     let got = kl_div_sum(x.view(), t.view(), false).unwrap();
     assert!((got - 5e307).abs() <= 1e-15 * 5e307, "{got}");
-    kldiv::set_num_threads(0).unwrap();
+    kldiv::runtime::set_num_threads(0).unwrap();
 }

@@ -5,7 +5,7 @@
 
 use kldiv::{
     kl_div, kl_div_and_grad_into, kl_div_backward_into, kl_div_sum, kl_div_terms_and_grad_into,
-    kl_div_terms_into, with_interrupt, Error, Reduction,
+    kl_div_terms_into, runtime::with_interrupt, Error, Reduction,
 };
 use ndarray::{arr0, Array1, Array2, ArrayView, ArrayViewMut, ArrayViewMut2};
 
@@ -57,7 +57,15 @@ fn outputs_whose_elements_share_memory_are_refused() {
         assert!(is_self_overlap(err.unwrap_err()));
         let v = unsafe { aliased(&mut d, &[30, 100], &strides) };
         let none = None::<ArrayViewMut2<f64>>;
-        let err = kl_div_backward_into(g.view(), 1.0, x.view(), t.view(), Some(v), none, false);
+        let err = kl_div_backward_into(
+            g.view(),
+            x.view(),
+            t.view(),
+            Reduction::Sum,
+            Some(v),
+            none,
+            false,
+        );
         assert!(is_self_overlap(err.unwrap_err()));
         assert_eq!(d, before, "nothing was written");
     }
@@ -77,7 +85,15 @@ fn outputs_that_overlap_another_operand_are_refused() {
         )
     };
     let g = arr0(1.0);
-    let err = kl_div_backward_into(g.view(), 1.0, x.view(), t.view(), Some(a), Some(b), false);
+    let err = kl_div_backward_into(
+        g.view(),
+        x.view(),
+        t.view(),
+        Reduction::Sum,
+        Some(a),
+        Some(b),
+        false,
+    );
     assert_eq!(
         err.unwrap_err(),
         Error::Overlap {
@@ -94,9 +110,9 @@ fn outputs_that_overlap_another_operand_are_refused() {
     };
     let err = kl_div_backward_into(
         go,
-        1.0,
         x.view(),
         t.view(),
+        Reduction::Sum,
         Some(out),
         None::<ArrayViewMut2<f64>>,
         false,
@@ -140,7 +156,7 @@ fn sizes_that_do_not_fit_are_errors_in_every_reduction() {
 #[test]
 fn scratch_memory_that_cannot_exist_is_an_error() {
     // 2^62 logical elements (stride 0): 2^50 block sums would need 8 PiB.
-    kldiv::set_num_threads(2).unwrap();
+    kldiv::runtime::set_num_threads(2).unwrap();
     let one = Array1::from_elem(1, -1.0f32);
     let t = arr0(0.5f32);
     let huge = one.broadcast((1usize << 31, 1usize << 31)).unwrap();
@@ -153,16 +169,16 @@ fn scratch_memory_that_cannot_exist_is_an_error() {
 
 #[test]
 fn too_many_threads_is_an_error_and_changes_nothing() {
-    let before = kldiv::get_num_threads();
-    let err = kldiv::set_num_threads(kldiv::MAX_THREADS + 1).unwrap_err();
+    let before = kldiv::runtime::get_num_threads();
+    let err = kldiv::runtime::set_num_threads(kldiv::runtime::MAX_THREADS + 1).unwrap_err();
     assert_eq!(
         err,
         Error::TooManyThreads {
-            requested: kldiv::MAX_THREADS + 1
+            requested: kldiv::runtime::MAX_THREADS + 1
         }
     );
     assert!(err.to_string().contains("at most 1024"));
-    assert_eq!(kldiv::get_num_threads(), before);
+    assert_eq!(kldiv::runtime::get_num_threads(), before);
 }
 
 #[test]
@@ -174,8 +190,8 @@ fn concurrent_callers_resize_the_pool_and_get_the_same_bits() {
             let (x, t) = (&x, &t);
             s.spawn(move || {
                 for i in 0..20 {
-                    kldiv::set_num_threads(1 + (i + k) % 4).unwrap();
-                    let n = kldiv::get_num_threads();
+                    kldiv::runtime::set_num_threads(1 + (i + k) % 4).unwrap();
+                    let n = kldiv::runtime::get_num_threads();
                     assert!((1..=4).contains(&n));
                     let got = kl_div_sum(x.view(), t.view(), false).unwrap();
                     assert_eq!(got.to_bits(), want.to_bits());
@@ -183,7 +199,7 @@ fn concurrent_callers_resize_the_pool_and_get_the_same_bits() {
             });
         }
     });
-    kldiv::set_num_threads(0).unwrap();
+    kldiv::runtime::set_num_threads(0).unwrap();
 }
 
 #[test]
@@ -194,7 +210,7 @@ fn every_kernel_stops_when_its_interrupt_check_says_so() {
     let stop = || true;
     let stopped = |r: Result<f64, Error>| assert_eq!(r, Err(Error::Interrupted));
     for threads in [1, 2] {
-        kldiv::set_num_threads(threads).unwrap();
+        kldiv::runtime::set_num_threads(threads).unwrap();
         stopped(with_interrupt(stop, || {
             kl_div_sum(x.view(), t.view(), false)
         }));
@@ -222,9 +238,9 @@ fn every_kernel_stops_when_its_interrupt_check_says_so() {
         let r = with_interrupt(stop, || {
             kl_div_backward_into(
                 g.view(),
-                1.0,
                 x.view(),
                 t.view(),
+                Reduction::Sum,
                 Some(out.view_mut()),
                 Some(out2.view_mut()),
                 false,
@@ -236,7 +252,7 @@ fn every_kernel_stops_when_its_interrupt_check_says_so() {
         let got = with_interrupt(|| false, || kl_div_sum(x.view(), t.view(), false)).unwrap();
         assert_eq!(got.to_bits(), want.to_bits());
     }
-    kldiv::set_num_threads(0).unwrap();
+    kldiv::runtime::set_num_threads(0).unwrap();
 }
 
 /// Terms `1 * (ln 1 - x) = -x`: 1e308 twice, 16 apart, so that both land in lane 0 (their sum
@@ -290,9 +306,9 @@ fn target_gradients_are_autograds_at_the_edges() {
     let zero = arr0(0.0);
     kl_div_backward_into(
         zero.view(),
-        1.0,
         x.view(),
         t.view(),
+        Reduction::Sum,
         Some(gx.view_mut()),
         Some(gt.view_mut()),
         false,
@@ -309,9 +325,9 @@ fn target_gradients_are_autograds_at_the_edges() {
     let g = 1.0 / 1000.0;
     kl_div_backward_into(
         arr0(1.0).view(),
-        1000.0,
         x.view(),
         tb,
+        Reduction::BatchMean,
         None::<ArrayViewMut2<f64>>,
         Some(gt.view_mut()),
         false,
@@ -357,8 +373,8 @@ fn results_do_not_depend_on_the_callers_floating_point_mode() {
     std::thread::spawn(move || {
         let normal = fp::get();
         fp::set(normal | fp::FTZ_DAZ);
-        kldiv::set_num_threads(1).unwrap();
-        kldiv::set_num_threads(2).unwrap();
+        kldiv::runtime::set_num_threads(1).unwrap();
+        kldiv::runtime::set_num_threads(2).unwrap();
         for _ in 0..20 {
             let got = kl_div_sum(x.view(), t.view(), false).unwrap();
             assert_eq!(got.to_bits(), want.to_bits());
@@ -371,7 +387,7 @@ fn results_do_not_depend_on_the_callers_floating_point_mode() {
             "the caller's mode is restored"
         );
         fp::set(normal);
-        kldiv::set_num_threads(0).unwrap();
+        kldiv::runtime::set_num_threads(0).unwrap();
         assert!(terms
             .iter()
             .zip(&terms_want)

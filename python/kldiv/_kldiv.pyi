@@ -1,7 +1,9 @@
 """Type stub of the Rust extension module ``kldiv._kldiv`` (see ``src/py.rs``).
 
-These are the raw kernels: same-dtype, aligned, native-order arrays of any strides, broadcast
-by the kernel under NumPy rules. Use :func:`kldiv.kl_div`, which checks its arguments.
+The rules (divisors, broadcasting, reductions, the arrays the kernels take, outputs that share
+memory) and the raw kernels. The kernels take aligned, native-order float32 or float64 arrays
+of one dtype and any strides (outputs of the loss's shape), broadcast under NumPy rules. Use
+:func:`kldiv.kl_div`, which converts and checks its arguments.
 """
 
 import numpy as np
@@ -10,15 +12,13 @@ import numpy.typing as npt
 __version__: str
 MAX_DIMS: int
 MAX_THREADS: int
+REDUCTIONS: list[str]
 
-def sum_f32(
-    input: npt.NDArray[np.float32], target: npt.NDArray[np.float32], log_target: bool
-) -> float:
+Floats = npt.NDArray[np.float32] | npt.NDArray[np.float64]
+
+def sum(input: Floats, target: Floats, log_target: bool) -> float:
     """The float64 sum of the terms, not rounded."""
 
-def sum_f64(
-    input: npt.NDArray[np.float64], target: npt.NDArray[np.float64], log_target: bool
-) -> float: ...
 def reduce_plain(
     input: object, target: object, reduction: object, log_target: object
 ) -> np.float32 | np.float64 | None:
@@ -27,71 +27,46 @@ def reduce_plain(
     ``MAX_DIMS`` dimensions), aligned, with a bool ``log_target``, as a NumPy scalar; None for
     any other arguments (nothing checked, nothing raised)."""
 
-def terms_f32(
-    input: npt.NDArray[np.float32],
-    target: npt.NDArray[np.float32],
-    out: npt.NDArray[np.float32],
-    log_target: bool,
-) -> None: ...
-def terms_f64(
-    input: npt.NDArray[np.float64],
-    target: npt.NDArray[np.float64],
-    out: npt.NDArray[np.float64],
-    log_target: bool,
-) -> None: ...
-def backward_f32(
-    grad_output: npt.NDArray[np.float32],
+def is_plain_pair(input: object, target: object) -> bool:
+    """Whether the kernels take ``input`` and ``target`` as they are (see reduce_plain)."""
+
+def terms(input: Floats, target: Floats, out: Floats, log_target: bool) -> None:
+    """The loss terms, written into ``out``."""
+
+def backward(
+    grad_output: Floats,
     divisor: float,
-    input: npt.NDArray[np.float32],
-    target: npt.NDArray[np.float32],
-    grad_input: npt.NDArray[np.float32] | None,
-    grad_target: npt.NDArray[np.float32] | None,
+    input: Floats,
+    target: Floats,
+    grad_input: Floats | None,
+    grad_target: Floats | None,
     log_target: bool,
 ) -> None:
     """The gradients asked for (an array, not None), for ``grad_output / divisor``."""
 
-def backward_f64(
-    grad_output: npt.NDArray[np.float64],
-    divisor: float,
-    input: npt.NDArray[np.float64],
-    target: npt.NDArray[np.float64],
-    grad_input: npt.NDArray[np.float64] | None,
-    grad_target: npt.NDArray[np.float64] | None,
-    log_target: bool,
-) -> None: ...
-def sum_and_grad_f32(
-    input: npt.NDArray[np.float32],
-    target: npt.NDArray[np.float32],
-    divisor: float,
-    grad_input: npt.NDArray[np.float32],
-    log_target: bool,
+def sum_and_grad(
+    input: Floats, target: Floats, divisor: float, grad_input: Floats, log_target: bool
 ) -> float:
     """The float64 sum of the terms, not rounded, with the input gradient for
     ``1 / divisor`` written in the same pass."""
 
-def sum_and_grad_f64(
-    input: npt.NDArray[np.float64],
-    target: npt.NDArray[np.float64],
-    divisor: float,
-    grad_input: npt.NDArray[np.float64],
-    log_target: bool,
-) -> float: ...
-def terms_and_grad_f32(
-    input: npt.NDArray[np.float32],
-    target: npt.NDArray[np.float32],
-    loss: npt.NDArray[np.float32],
-    grad_input: npt.NDArray[np.float32],
-    log_target: bool,
-) -> None: ...
-def terms_and_grad_f64(
-    input: npt.NDArray[np.float64],
-    target: npt.NDArray[np.float64],
-    loss: npt.NDArray[np.float64],
-    grad_input: npt.NDArray[np.float64],
-    log_target: bool,
-) -> None: ...
-def empty_f32(shape: tuple[int, ...]) -> npt.NDArray[np.float32]: ...
-def empty_f64(shape: tuple[int, ...]) -> npt.NDArray[np.float64]: ...
+def terms_and_grad(
+    input: Floats, target: Floats, loss: Floats, grad_input: Floats, log_target: bool
+) -> None:
+    """The loss terms and the input gradient (for ones) in one pass."""
+
+def empty(shape: tuple[int, ...], dtype: np.dtype[np.float32] | np.dtype[np.float64]) -> Floats:
+    """A result array (C order, contents unspecified)."""
+
+def divisor(reduction: str, input_shape: tuple[int, ...], target_shape: tuple[int, ...]) -> float:
+    """What ``reduction`` divides the sum by for arguments of these shapes (1 for "none")."""
+
+def check_reduction(reduction: object) -> None:
+    """Raises ValueError unless ``reduction`` is one of REDUCTIONS."""
+
+def broadcast_shape(input: tuple[int, ...], target: tuple[int, ...]) -> list[int]:
+    """The broadcast shape, or ValueError naming both shapes."""
+
 def set_num_threads(n: int) -> None:
     """Raises ValueError above MAX_THREADS, RuntimeError if the threads do not start."""
 
@@ -106,4 +81,4 @@ def check_outputs(
     another output or an input (judged on the memory ranges they span)."""
 
 def shutdown() -> None:
-    """Stops kernel calls for interpreter exit and waits for the running ones (atexit)."""
+    """Readies kernel calls for interpreter exit (atexit): see src/py.rs."""

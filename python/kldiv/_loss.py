@@ -1,13 +1,16 @@
-"""The Python boundary: argument checks, dtype promotion, broadcasting and reductions.
+"""The Python boundary: what NumPy does better than Rust (``asarray``, dtypes and their
+promotion, float16, ``out=`` arrays) and the docstrings.
 
-The numerics live in Rust (``src/``); this module turns what a NumPy or PyTorch user passes
-into the arrays the kernels take, and the kernels' float64 sums into PyTorch's reductions.
+The numerics and the rules live in Rust (``src/``, exposed by ``_kldiv``): the divisor of each
+reduction, the broadcasting rule and its error, the reductions' names, the test for arrays the
+kernels take as they are, the check of outputs that share memory. This module turns what a
+NumPy or PyTorch user passes into the arrays the kernels take, and the kernels' float64 sums
+into results of the right dtype.
 """
 
 from __future__ import annotations
 
 import atexit
-import math
 import os
 import warnings
 from typing import Any, Literal, Union
@@ -18,7 +21,7 @@ import numpy.typing as npt
 from . import _kldiv
 
 Reduction = Literal["none", "sum", "mean", "batchmean"]
-REDUCTIONS: tuple[str, ...] = ("none", "sum", "mean", "batchmean")
+REDUCTIONS: tuple[str, ...] = tuple(_kldiv.REDUCTIONS)
 _REDUCTION_SET = frozenset(REDUCTIONS)
 Result = Union[np.floating[Any], npt.NDArray[np.floating[Any]]]
 
@@ -170,21 +173,20 @@ def _backward(
     """The gradients that ``need`` asks for (input's, target's), as :func:`kl_div_backward`
     computes them, ``g`` already checked and converted (``_grad_output``), ``gx``/``gt`` its
     checked ``out`` arrays or None. The rest are None."""
-    gx_full = _full(gx, p, p.x_shape, p.x_dtype) if need[0] else None
-    gt_full = _full(gt, p, p.t_shape, p.t_dtype) if need[1] else None
-    divisor = _divisor(reduction, p.x_shape, p.shape)
-    p.kernels.backward(
+    gx_loss = _loss_shaped(gx, p, p.x_shape, p.x_dtype) if need[0] else None
+    gt_loss = _loss_shaped(gt, p, p.t_shape, p.t_dtype) if need[1] else None
+    _kldiv.backward(
         p.view(g),
-        divisor,
+        p.divisor(reduction),
         p.x,
         p.t,
-        None if gx_full is None else p.view(gx_full),
-        None if gt_full is None else p.view(gt_full),
+        None if gx_loss is None else p.view(gx_loss),
+        None if gt_loss is None else p.view(gt_loss),
         bool(log_target),
     )
     return (
-        None if gx_full is None else _reduce_to(gx_full, p.x_shape, p.x_dtype, gx),
-        None if gt_full is None else _reduce_to(gt_full, p.t_shape, p.t_dtype, gt),
+        None if gx_loss is None else _reduce_to(gx_loss, p.x_shape, p.x_dtype, gx),
+        None if gt_loss is None else _reduce_to(gt_loss, p.t_shape, p.t_dtype, gt),
     )
 
 
@@ -226,16 +228,16 @@ def kl_div_and_grad(
     if out is not None:
         _check_out(out, p.x_shape, p.x_dtype, "out")
         _check_overlap(p, [("out", out)])
-    gx_full = _full(out, p, p.x_shape, p.x_dtype)
+    gx_loss = _loss_shaped(out, p, p.x_shape, p.x_dtype)
     if reduction == "none":
-        loss = p.kernels.empty(p.shape)
-        p.kernels.terms_and_grad(p.x, p.t, p.view(loss), p.view(gx_full), bool(log_target))
+        loss = _kldiv.empty(p.shape, p.compute)
+        _kldiv.terms_and_grad(p.x, p.t, p.view(loss), p.view(gx_loss), bool(log_target))
         value: Result = _cast(loss, p.result)
     else:
-        divisor = _divisor(reduction, p.x_shape, p.shape)
-        total = p.kernels.sum_and_grad(p.x, p.t, divisor, p.view(gx_full), bool(log_target))
+        divisor = p.divisor(reduction)
+        total = _kldiv.sum_and_grad(p.x, p.t, divisor, p.view(gx_loss), bool(log_target))
         value = _scalar(total, divisor, p.result)
-    return value, _reduce_to(gx_full, p.x_shape, p.x_dtype, out)
+    return value, _reduce_to(gx_loss, p.x_shape, p.x_dtype, out)
 
 
 class _Prepared:
@@ -249,7 +251,6 @@ class _Prepared:
 
     __slots__ = (
         "compute",
-        "kernels",
         "result",
         "shape",
         "t",
@@ -261,9 +262,8 @@ class _Prepared:
     )
 
     def __init__(self, input: npt.ArrayLike, target: npt.ArrayLike) -> None:
-        plain = _plain_pair(input, target)
-        if plain is not None:
-            self.kernels, self.x, self.t = plain
+        if _kldiv.is_plain_pair(input, target):
+            self.x, self.t = input, target  # type: ignore[assignment]
             self.x_shape = self.t_shape = self.shape = self.x.shape
             self.x_dtype = self.t_dtype = self.result = self.compute = self.x.dtype
             return
@@ -278,7 +278,7 @@ class _Prepared:
         self.x_shape, self.t_shape = x.shape, t.shape
         self.x_dtype = _native(x.dtype)
         self.t_dtype = _native(t.dtype)
-        self.shape = x.shape if x.shape == t.shape else _broadcast_shape(x, t)
+        self.shape = x.shape if x.shape == t.shape else broadcast_shape(x.shape, t.shape)
         if self.x_dtype == self.t_dtype:
             self.result = self.x_dtype
         else:
@@ -286,7 +286,10 @@ class _Prepared:
         self.compute = _F32 if self.result == _F16 else self.result
         self.x = self.view(_for_kernel(x, self.compute))
         self.t = self.view(_for_kernel(t, self.compute))
-        self.kernels = _KERNELS[self.compute]
+
+    def divisor(self, reduction: str) -> float:
+        """What ``reduction`` divides the sum by, for these arguments (the crate's rule)."""
+        return _kldiv.divisor(reduction, self.x_shape, self.t_shape)
 
     def view(self, a: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """``a`` as the kernels take it. The extension module (rust-numpy) takes at most
@@ -305,39 +308,8 @@ class _Prepared:
         return full[(*index, ...)]  # the Ellipsis keeps a 0-d array an array
 
 
-class _Kernels:
-    """The extension's kernels for one dtype (see ``_kldiv.pyi``)."""
-
-    def __init__(self, suffix: str) -> None:
-        self.sum = getattr(_kldiv, f"sum_{suffix}")
-        self.terms = getattr(_kldiv, f"terms_{suffix}")
-        self.backward = getattr(_kldiv, f"backward_{suffix}")
-        self.sum_and_grad = getattr(_kldiv, f"sum_and_grad_{suffix}")
-        self.terms_and_grad = getattr(_kldiv, f"terms_and_grad_{suffix}")
-        self.empty = getattr(_kldiv, f"empty_{suffix}")
-
-
 _F16, _F32, _F64 = _FLOATS
 MAX_KERNEL_DIMS: int = _kldiv.MAX_DIMS
-_KERNELS = {_F32: _Kernels("f32"), _F64: _Kernels("f64")}
-
-
-def _plain_pair(x: object, t: object) -> tuple[_Kernels, npt.NDArray[Any], npt.NDArray[Any]] | None:
-    """The common case, told cheaply: two aligned native float32 (or float64) NumPy arrays of
-    one shape, of at most ``MAX_KERNEL_DIMS`` dimensions, with the kernels that take them as
-    they are; else None."""
-    if type(x) is np.ndarray and type(t) is np.ndarray:
-        kernels = _KERNELS.get(x.dtype)
-        if (
-            kernels is not None
-            and x.dtype == t.dtype
-            and x.shape == t.shape
-            and x.ndim <= MAX_KERNEL_DIMS
-            and x.flags.aligned
-            and t.flags.aligned
-        ):
-            return kernels, x, t
-    return None
 
 
 def _native(dtype: np.dtype[Any]) -> np.dtype[Any]:
@@ -366,8 +338,10 @@ def _kl_div(
         if out is not None:
             _check_out(out, p.shape, p.result, "out")
             _check_overlap(p, [("out", out)])
-        dest = out if out is not None and p.result == p.compute else p.kernels.empty(p.shape)
-        p.kernels.terms(p.x, p.t, p.view(dest), bool(log_target))
+        dest = (
+            out if out is not None and p.result == p.compute else _kldiv.empty(p.shape, p.compute)
+        )
+        _kldiv.terms(p.x, p.t, p.view(dest), bool(log_target))
         if dest is out:
             return out
         if out is not None:
@@ -378,8 +352,7 @@ def _kl_div(
 
     if reduction == "mean":
         warnings.warn(_MEAN_WARNING, UserWarning, stacklevel=stacklevel)
-    divisor = _divisor(reduction, p.x_shape, p.shape)
-    return _scalar(p.kernels.sum(p.x, p.t, bool(log_target)), divisor, p.result)
+    return _scalar(_kldiv.sum(p.x, p.t, bool(log_target)), p.divisor(reduction), p.result)
 
 
 def partial_sum(input: npt.ArrayLike, target: npt.ArrayLike, log_target: bool = False) -> float:
@@ -387,7 +360,7 @@ def partial_sum(input: npt.ArrayLike, target: npt.ArrayLike, log_target: bool = 
     (the command line's blocks, Dask's chunks). Arguments as for :func:`kl_div`."""
     check_options("sum", log_target)
     p = _Prepared(input, target)
-    return p.kernels.sum(p.x, p.t, bool(log_target))
+    return _kldiv.sum(p.x, p.t, bool(log_target))
 
 
 def grad_part(
@@ -399,26 +372,41 @@ def grad_part(
     as the part of :func:`kl_div_and_grad`'s gradient over the whole arrays."""
     check_options("sum", log_target)
     p = _Prepared(input, target)
-    gx = p.kernels.empty(p.shape)
-    p.kernels.sum_and_grad(p.x, p.t, float(divisor), p.view(gx), bool(log_target))
+    gx = _kldiv.empty(p.shape, p.compute)
+    _kldiv.sum_and_grad(p.x, p.t, float(divisor), p.view(gx), bool(log_target))
     return gx
 
 
-def _divisor(reduction: str, input_shape: tuple[int, ...], shape: tuple[int, ...]) -> float:
-    """What the reduction divides the sum by (1 for "sum" and "none"), given ``input``'s shape
-    and the loss's (broadcast) shape."""
-    if reduction == "mean":
-        return float(math.prod(shape))
-    if reduction == "batchmean" and input_shape:
-        return float(input_shape[0])  # input's own first dimension, as PyTorch does
-    return 1.0
+def divisor(reduction: str, input_shape: tuple[int, ...], target_shape: tuple[int, ...]) -> float:
+    """What ``reduction`` divides the sum by for arguments of these shapes (1 for "none"):
+    the crate's rule, ``Reduction::divisor``."""
+    return _kldiv.divisor(reduction, input_shape, target_shape)
+
+
+def broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """The broadcast shape of an input of shape ``a`` and a target of shape ``b`` (NumPy's rule,
+    any number of dimensions), or the crate's ``ValueError`` naming both shapes."""
+    return tuple(_kldiv.broadcast_shape(a, b))
+
+
+def sum_axes(
+    shape: tuple[int, ...], loss_ndim: int, loss_shape: tuple[int, ...]
+) -> tuple[int, ...]:
+    """The axes of a loss-shaped gradient (``loss_shape``, ``loss_ndim`` dimensions) that are
+    summed to give the gradient of an argument of ``shape``: those it was broadcast along."""
+    lead = loss_ndim - len(shape)
+    return tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and loss_shape[lead + i] != 1
+    )
 
 
 def _scalar(total: float, divisor: float, dtype: np.dtype[Any]) -> np.floating[Any]:
     """A kernel's float64 sum divided by ``divisor`` (0/0 is NaN), rounded once to ``dtype``
-    as a NumPy scalar (beyond float16's range it is +-inf, as in PyTorch, without a warning)."""
+    as a NumPy scalar (beyond float16's range it is +-inf, as in PyTorch, without a warning).
+    Every NaN is the positive quiet NaN, as the kernels make it (x86's 0/0 has the sign bit)."""
     with np.errstate(all="ignore"):
-        return dtype.type(np.float64(total) / np.float64(divisor))
+        quotient = np.float64(total) / np.float64(divisor)
+        return dtype.type(np.nan if quotient != quotient else quotient)
 
 
 def _cast(a: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
@@ -439,22 +427,17 @@ def _grad_output(grad_output: npt.ArrayLike, reduction: str, p: _Prepared) -> np
         raise ValueError(
             f"grad_output must be a scalar for reduction={reduction!r}, got shape {g.shape}"
         )
-    if reduction == "none":
-        if _broadcast_shapes(g.shape, p.shape) != p.shape:
-            raise ValueError(
-                f"grad_output of shape {g.shape} does not broadcast to the loss's shape {p.shape}"
-            )
     return _for_kernel(g, p.compute)
 
 
-def _full(
+def _loss_shaped(
     out: npt.NDArray[Any] | None, p: _Prepared, shape: tuple[int, ...], dtype: np.dtype[Any]
 ) -> npt.NDArray[Any]:
     """Where a kernel writes a gradient of the loss's shape: ``out`` itself when it has that
     shape and the compute dtype, else a new array."""
     if out is not None and shape == p.shape and dtype == p.compute:
         return out
-    return p.kernels.empty(p.shape)
+    return _kldiv.empty(p.shape, p.compute)
 
 
 def _reduce_to(
@@ -467,10 +450,7 @@ def _reduce_to(
     in the argument's dtype (into ``out`` if given)."""
     if g is out:
         return out
-    lead = g.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
-    )
+    axes = sum_axes(shape, g.ndim, g.shape)
     if axes:
         with np.errstate(all="ignore"):  # inf + -inf is NaN, as in PyTorch: no warning
             g = np.asarray(g.sum(axis=axes)).reshape(shape)
@@ -510,13 +490,10 @@ def _check_overlap(
 
 
 def check_options(reduction: object, log_target: object) -> None:
-    """Raises the errors of a bad ``reduction`` or ``log_target``."""
+    """Raises the errors of a bad ``reduction`` (the crate's) or ``log_target``."""
     if type(reduction) is str and reduction in _REDUCTION_SET and type(log_target) is bool:
         return  # the common case, cheaply
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
-        raise ValueError(
-            f"reduction must be one of {', '.join(repr(r) for r in REDUCTIONS)}; got {reduction!r}"
-        )
+    _kldiv.check_reduction(reduction)
     if not isinstance(log_target, (bool, np.bool_)):
         raise TypeError(f"log_target must be a bool, got {type(log_target).__name__}")
 
@@ -528,12 +505,18 @@ def _as_float_array(obj: object, name: str) -> npt.NDArray[Any]:
         a = np.asarray(obj)
     except Exception as e:  # __array__ raising, ragged lists, ...
         raise TypeError(f"{name} cannot be converted to an array: {e}") from e
-    if a.dtype.newbyteorder("=") not in _FLOATS:
+    check_dtype(a.dtype, name)
+    return a
+
+
+def check_dtype(dtype: np.dtype[Any], name: str) -> None:
+    """Raises the ``TypeError`` of an argument whose dtype kldiv does not compute on (any but
+    float16, float32 and float64, in either byte order)."""
+    if dtype.newbyteorder("=") not in _FLOATS:
         raise TypeError(
-            f"{name} has dtype {a.dtype}; kldiv computes on float16, float32 or float64 "
+            f"{name} has dtype {dtype}; kldiv computes on float16, float32 or float64 "
             f"arrays (convert it, e.g. with .astype(np.float32))"
         )
-    return a
 
 
 def _weak(obj: object) -> bool:
@@ -551,32 +534,6 @@ def _weak_array(obj: Any, dtype: np.dtype[Any] | None, name: str) -> npt.NDArray
             return np.asarray(obj, dtype=dtype)
     except OverflowError as e:
         raise ValueError(f"{name} {obj!r} does not fit in {dtype}") from e
-
-
-def _broadcast_shape(x: npt.NDArray[Any], t: npt.NDArray[Any]) -> tuple[int, ...]:
-    shape = _broadcast_shapes(x.shape, t.shape)
-    if shape is None:
-        raise ValueError(
-            f"input of shape {x.shape} and target of shape {t.shape} do not broadcast together"
-        )
-    return shape
-
-
-def _broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
-    """NumPy's broadcasting rule for two shapes (``numpy.broadcast_shapes`` stops at 32
-    dimensions; arrays may have 64), or ``None`` if they do not broadcast."""
-    if len(a) < len(b):
-        a, b = b, a
-    b = (1,) * (len(a) - len(b)) + b
-    out = []
-    for m, n in zip(a, b):
-        if m == n or n == 1:
-            out.append(m)
-        elif m == 1:
-            out.append(n)
-        else:
-            return None
-    return tuple(out)
 
 
 def _for_kernel(a: npt.NDArray[Any], dtype: np.dtype[Any]) -> npt.NDArray[Any]:

@@ -266,11 +266,8 @@ def loss(a: argparse.Namespace) -> int:
             "name them with --input-key and --target-key"
         )
     for name, src in (("input", x), ("target", t)):
-        if src.dtype.kind != "f" or src.dtype.itemsize not in (2, 4, 8):
-            raise CliError(f"{name} has dtype {src.dtype}; kldiv needs float16/32/64 arrays")
-    shape = _loss._broadcast_shapes(x.shape, t.shape)
-    if shape is None:
-        raise CliError(f"input of shape {x.shape} and target of shape {t.shape} do not broadcast")
+        _loss.check_dtype(src.dtype, name)
+    shape = _loss.broadcast_shape(x.shape, t.shape)
     if a.out:
         _check_out_path(a.out, (a.input, a.target))
     if a.threads is not None:
@@ -304,7 +301,7 @@ def loss(a: argparse.Namespace) -> int:
     if out is not None:
         print(f"wrote the {a.reduction} loss, shape {shape}, {result}, to {a.out}")
         return 0
-    divisor = _loss._divisor(a.reduction, x.shape, shape)
+    divisor = _loss.divisor(a.reduction, x.shape, t.shape)
     print(_loss._scalar(total, divisor, result))
     print(
         f"# {a.reduction}: {_meaning(a.reduction, x.shape, shape)}; shape {shape}, {result}",

@@ -29,24 +29,21 @@ from . import _loss
 __all__ = ["kl_div", "kl_div_and_grad"]
 
 
-def _prepare(input: Any, target: Any) -> tuple[da.Array, da.Array, da.Array, np.dtype[Any]]:
+def _prepare(
+    input: Any, target: Any
+) -> tuple[da.Array, da.Array, da.Array, da.Array, np.dtype[Any]]:
     x, t = da.asarray(input), da.asarray(target)
     for name, a in (("input", x), ("target", t)):
-        if a.dtype.kind != "f" or a.dtype.itemsize not in (2, 4, 8):
-            raise TypeError(f"{name} has dtype {a.dtype}; kldiv computes on float16/32/64")
+        _loss.check_dtype(a.dtype, name)
         if any(math.isnan(n) for n in a.shape):
             raise ValueError(
                 f"{name} has unknown chunk sizes (shape {a.shape}, as after boolean indexing); "
                 f"call {name}.compute_chunk_sizes() first"
             )
-    shape = _loss._broadcast_shapes(x.shape, t.shape)
-    if shape is None:
-        raise ValueError(
-            f"input of shape {x.shape} and target of shape {t.shape} do not broadcast together"
-        )
+    _loss.broadcast_shape(x.shape, t.shape)  # the crate's error if they do not broadcast
     xb, tb = da.broadcast_arrays(x, t)
     tb = tb.rechunk(xb.chunks)  # one chunking for both
-    return x, xb, tb, np.result_type(x.dtype, t.dtype)
+    return x, t, xb, tb, np.result_type(x.dtype, t.dtype)
 
 
 def _chunk_sum(x: np.ndarray, t: np.ndarray, log_target: bool) -> np.ndarray:
@@ -96,10 +93,10 @@ def kl_div(input: Any, target: Any, reduction: str = "mean", log_target: bool = 
     the KL divergence; ``"batchmean"`` is). Call ``.compute()`` on the result.
     """
     _loss.check_options(reduction, log_target)
-    x, xb, tb, dtype = _prepare(input, target)
+    x, t, xb, tb, dtype = _prepare(input, target)
     if reduction == "none":
         return da.map_blocks(_chunk_terms, xb, tb, log_target=bool(log_target), dtype=dtype)
-    divisor = _loss._divisor(reduction, x.shape, xb.shape)
+    divisor = _loss.divisor(reduction, x.shape, t.shape)
     return _finish(_total(xb, tb, bool(log_target)), divisor, dtype)
 
 
@@ -109,8 +106,8 @@ def kl_div_and_grad(
     """:func:`kldiv.kl_div_and_grad` over Dask arrays: ``(loss, grad_input)``, both lazy; the
     gradient is computed chunk by chunk (and summed back if ``input`` was broadcast)."""
     _loss.check_options(reduction, log_target)
-    x, xb, tb, dtype = _prepare(input, target)
-    divisor = _loss._divisor(reduction, x.shape, xb.shape)
+    x, t, xb, tb, dtype = _prepare(input, target)
+    divisor = _loss.divisor(reduction, x.shape, t.shape)
     if reduction == "none":
         loss = da.map_blocks(_chunk_terms, xb, tb, log_target=bool(log_target), dtype=dtype)
     else:
@@ -126,10 +123,7 @@ def kl_div_and_grad(
         log_target=bool(log_target),
         dtype=compute,
     )
-    lead = grad.ndim - x.ndim
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, n in enumerate(x.shape) if n == 1 and grad.shape[lead + i] != 1
-    )
+    axes = _loss.sum_axes(x.shape, grad.ndim, grad.shape)
     if axes:
         grad = grad.sum(axis=axes).reshape(x.shape)
     return loss, grad.map_blocks(_loss._cast, x.dtype, dtype=x.dtype)

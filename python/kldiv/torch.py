@@ -246,7 +246,10 @@ def kl_div(
 
 def _broadcast(input: Tensor, target: Tensor) -> tuple[int, ...] | None:
     """The broadcast shape, or None if the shapes do not broadcast."""
-    return _loss._broadcast_shapes(tuple(input.shape), tuple(target.shape))
+    try:
+        return _loss.broadcast_shape(tuple(input.shape), tuple(target.shape))
+    except ValueError:
+        return None
 
 
 class KLDivLoss(_TorchKLDivLoss):
