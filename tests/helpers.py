@@ -1,11 +1,13 @@
-"""Shared by the tests and scripts/make_fixtures.py: the float64 reference and the views."""
+"""Shared by the tests and scripts/make_fixtures.py: the float64 reference and the views, and
+the tests' data: random distributions, awkward arrays, objects that refuse to be arrays."""
 
 from __future__ import annotations
 
 import json
 import math
 import pathlib
-from typing import Any
+import warnings
+from typing import Any, Callable
 
 import numpy as np
 
@@ -101,3 +103,58 @@ def tolerance(dtype: np.dtype) -> dict[str, float]:
         np.dtype(np.float32): {"rtol": 2e-6, "atol": 1e-6},
         np.dtype(np.float64): {"rtol": 1e-13, "atol": 1e-14},
     }[np.dtype(dtype)]
+
+
+def quiet(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``f(*args, **kwargs)`` with UserWarnings (kl_div's reduction='mean' warning) ignored."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return f(*args, **kwargs)
+
+
+# ---- test data -------------------------------------------------------------------------------
+
+
+def dist(
+    rng: np.random.Generator, shape: tuple[int, ...], log: bool = False, dtype: Any = np.float64
+) -> np.ndarray:
+    """Random distributions over the last axis: the log-softmax of ``rng``'s standard normals
+    (``log``) or its exponential, computed in float64 and then cast to ``dtype``."""
+    a = rng.standard_normal(shape)
+    a = a - np.log(np.exp(a).sum(axis=-1, keepdims=True))
+    return (a if log else np.exp(a)).astype(dtype)
+
+
+def dist_pair(
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    dtype: Any = np.float64,
+    log_target: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """An input (log-probabilities) and then a target (probabilities, or log-probabilities
+    with ``log_target``) of ``shape``, both from ``dist``: the input is drawn first."""
+    x = dist(rng, shape, log=True, dtype=dtype)
+    return x, dist(rng, shape, log=log_target, dtype=dtype)
+
+
+def misaligned(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` (C order) one byte past an aligned address."""
+    buf = np.zeros(a.nbytes + 1, dtype=np.uint8)
+    m = np.frombuffer(buf.data, dtype=a.dtype, count=a.size, offset=1).reshape(a.shape)
+    m[...] = a
+    assert not m.flags.aligned
+    return m
+
+
+def readonly(a: np.ndarray) -> np.ndarray:
+    """A copy of ``a`` that cannot be written."""
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+class RaisesInArray:
+    """Not an array: its ``__array__`` raises RuntimeError("broken __array__")."""
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        raise RuntimeError("broken __array__")

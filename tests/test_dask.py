@@ -3,8 +3,6 @@ distributed.LocalCluster (worker processes on this machine, loopback only)."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -13,8 +11,7 @@ import dask  # noqa: E402
 
 import kldiv  # noqa: E402
 import kldiv.dask as kd  # noqa: E402
-
-REDUCTIONS = ("none", "sum", "mean", "batchmean")
+from helpers import REDUCTIONS, quiet  # noqa: E402
 
 
 def data(rows=2000, cols=300, dtype=np.float32, seed=0):
@@ -23,12 +20,6 @@ def data(rows=2000, cols=300, dtype=np.float32, seed=0):
     x = (z - np.log(np.exp(z).sum(axis=1, keepdims=True))).astype(dtype)
     t = np.exp(rng.standard_normal((rows, cols))).astype(dtype)
     return x, (t / t.sum(axis=1, keepdims=True)).astype(dtype)
-
-
-def quiet(f, *a, **k):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return f(*a, **k)
 
 
 def check(got, want):

@@ -6,18 +6,13 @@ import numpy as np
 import pytest
 
 import kldiv
-from helpers import REDUCTIONS
+from helpers import REDUCTIONS, dist_pair
 
 ROWS, COLS = 300, 1001  # 300_300 elements: many blocks, parallel
 
 
 def data(dtype, log_target=False):
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((ROWS, COLS))
-    x -= np.log(np.exp(x).sum(axis=1, keepdims=True))
-    t = rng.standard_normal((ROWS, COLS))
-    t -= np.log(np.exp(t).sum(axis=1, keepdims=True))
-    return x.astype(dtype), (t if log_target else np.exp(t)).astype(dtype)
+    return dist_pair(np.random.default_rng(7), (ROWS, COLS), dtype, log_target)
 
 
 def bits(v):

@@ -1,20 +1,12 @@
 """Gradients: PyTorch's autograd fixtures, finite differences, the fused kernel, out=."""
 
-import warnings
-
 import numpy as np
 import pytest
 
 import kldiv
-from helpers import REDUCTIONS, apply_view, load_fixtures, reference_terms, tolerance
+from helpers import REDUCTIONS, apply_view, dist, load_fixtures, quiet, reference_terms, tolerance
 
 CASES = load_fixtures()
-
-
-def quiet(f, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return f(*args, **kwargs)
 
 
 def assert_like_torch(got, want):
@@ -36,12 +28,6 @@ def test_gradients_match_pytorch_autograd(case):
     )
     assert_like_torch(gx, case["grad_input"])
     assert_like_torch(gt, case["grad_target"])
-
-
-def dist(rng, shape, log=False):
-    a = rng.standard_normal(shape)
-    a -= np.log(np.exp(a).sum(axis=-1, keepdims=True))
-    return a if log else np.exp(a)
 
 
 def loss_value(x, t, reduction, log_target, go):
