@@ -1,9 +1,11 @@
-"""The benchmark table of BENCHMARKS.md (W1-W9) against the peers that are installed.
+"""The benchmark table of docs/benchmarks.md (W1-W9) against the peers that are installed.
 
     PYTHONPATH=python python benches/bench.py [--workloads W1,W3] [--threads 2] [--quick]
+        [--json PATH] [--png PATH]
 
-The harness lives in the package (``kldiv._bench``) so that ``kldiv bench`` runs it too; this
-script sets ``OPENBLAS_NUM_THREADS=1`` before NumPy loads (see ``kldiv._bench``).
+The same as ``kldiv bench``: the harness lives in the package (``kldiv._bench``), and this
+script only sets ``OPENBLAS_NUM_THREADS=1`` before NumPy loads (see ``kldiv._bench``). It
+writes no file unless ``--json`` or ``--png`` says where.
 """
 
 import os

@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the crate's kernels, reported as throughput in bytes read, so that
 //! GB/s compares directly with memory bandwidth. `cargo bench --bench kernels`.
 //!
-//! The workloads follow BENCHMARKS.md: x = log_softmax, t = softmax of pseudo-random rows.
+//! The workloads follow docs/benchmarks.md: x = log_softmax, t = softmax of pseudo-random rows.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kldiv::math::{exp_slice, ln_slice};

@@ -6,7 +6,9 @@ use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
 use crate::error::Error;
 use crate::float::Float;
 use crate::parallel::{for_each_block, tree_sum};
-use crate::reduce::{fold_lanes, ScaledSum, Sum, SumPrecomputed, LANES, SCALE};
+#[cfg(feature = "python")]
+use crate::reduce::ReadSum;
+use crate::reduce::{fold_lanes, Sum, SumPrecomputed, LANES, SCALE};
 use crate::simd::{dispatch, with_default_fp};
 use crate::terms::{TargetFactor, Terms};
 use crate::transposed::sum_transposed;
@@ -160,18 +162,52 @@ pub(crate) fn settle<T: Float>(
     let scaled = tree_sum(blocks, |b, ft: &mut Tile<T>| {
         let mut acc = [0.0; LANES];
         for_runs(walk, blocks.range(b), &[x, t], &[], |first, [x, t], []| {
-            dispatch(ScaledSum {
+            dispatch(Sum {
                 ft: &mut ft.0,
                 acc: &mut acc,
                 first,
                 x,
                 t,
                 log_target,
+                scaled: true,
             })
         });
         fold_lanes(&acc)
     })?;
     Ok(f64::from_f64(scaled / SCALE))
+}
+
+/// The sum of the values of `input` and `target` (broadcast together) with kldiv's threads and
+/// traversal: the benchmarks' read floor, the time to read both inputs once, which no kernel
+/// over them can beat. Only the bindings call it (`kldiv bench`).
+#[cfg(feature = "python")]
+pub(crate) fn read_sum<T, D1, D2>(
+    input: ArrayView<'_, T, D1>,
+    target: ArrayView<'_, T, D2>,
+) -> Result<f64, Error>
+where
+    T: Float + std::ops::Add<Output = T>,
+    D1: Dimension,
+    D2: Dimension,
+{
+    let shape = common_shape(input.shape(), target.shape())?;
+    let (walk, [x, t], []) = operands::<T, 2, 2, 0>(
+        &shape,
+        [In::new(&input, "input"), In::new(&target, "target")],
+        [],
+    )?;
+    let blocks = walk.blocks();
+    tree_sum(blocks, |b, _: &mut ()| {
+        let mut acc = [T::default(); LANES];
+        for_runs(&walk, blocks.range(b), &[x, t], &[], |_, [x, t], []| {
+            dispatch(ReadSum {
+                acc: &mut acc,
+                x,
+                t,
+            })
+        });
+        acc.iter().map(|v| v.to_f64()).sum()
+    })
 }
 
 /// A target with at most this many elements, broadcast over at least [`BROADCAST_REUSE`]
@@ -348,6 +384,18 @@ pub(crate) fn checked_len(shape: &[usize]) -> Result<usize, Error> {
         .ok_or(Error::TooLarge)
 }
 
+/// A new C-ordered array of `shape` for a kernel's output (its contents are overwritten).
+pub(crate) fn zeros<T: Float>(shape: &[usize]) -> Result<ArrayD<T>, Error> {
+    let len = checked_len(shape)?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(len)
+        .map_err(|_| Error::OutOfMemory {
+            bytes: len.saturating_mul(std::mem::size_of::<T>()),
+        })?;
+    data.resize(len, T::default());
+    Ok(ArrayD::from_shape_vec(IxDyn(shape), data).expect("len elements"))
+}
+
 /// The broadcast shape, or the error naming both shapes.
 pub(crate) fn common_shape(input: &[usize], target: &[usize]) -> Result<Vec<usize>, Error> {
     broadcast_shape(input, target).ok_or_else(|| Error::Broadcast {
@@ -376,6 +424,7 @@ fn sum_walk<T: Float>(
                 x,
                 t,
                 log_target,
+                scaled: false,
             })
         });
         fold_lanes(&acc)

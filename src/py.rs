@@ -262,6 +262,17 @@ fn sum(
     by_dtype!(input, T => sum_of::<T>(input.py(), input.extract()?, target.extract()?, log_target))
 }
 
+/// The sum of both arrays' values with kldiv's threads: the benchmarks' read floor (see
+/// `kldiv bench`), no kernel over these arrays can be faster.
+#[pyfunction]
+fn read_sum(input: &Bound<'_, PyUntypedArray>, target: &Bound<'_, PyAny>) -> PyResult<f64> {
+    by_dtype!(input, T => {
+        let (x, t): (In<'_, T>, In<'_, T>) = (input.extract()?, target.extract()?);
+        let (x, t) = (x.as_array(), t.as_array());
+        run(input.py(), || crate::loss::read_sum(x, t))
+    })
+}
+
 /// The loss terms written into `out`.
 #[pyfunction]
 fn terms(
@@ -565,6 +576,7 @@ fn detected_simd_level() -> &'static str {
 #[pymodule]
 fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sum, m)?)?;
+    m.add_function(wrap_pyfunction!(read_sum, m)?)?;
     m.add_function(wrap_pyfunction!(reduce_plain, m)?)?;
     m.add_function(wrap_pyfunction!(terms, m)?)?;
     m.add_function(wrap_pyfunction!(backward, m)?)?;

@@ -7,6 +7,8 @@
 //! fixed tree. Memory layout and thread count therefore never change the bits.
 
 use crate::float::Float;
+#[cfg(feature = "python")]
+use crate::runs::prefetch_ahead;
 use crate::simd::Kernel;
 use crate::terms::{add_factored_term, add_term, grad_input_with, term_with, transcendental_slice};
 use crate::walk::TILE;
@@ -117,7 +119,8 @@ fn sum_terms_with<const LOG_TARGET: bool, const GRAD: bool, T: Float>(
     *acc = lanes;
 }
 
-/// [`sum_slice`] as a [`Kernel`] for [`crate::simd::dispatch`].
+/// [`sum_slice`] as a [`Kernel`] for [`crate::simd::dispatch`]; with `scaled`, each term
+/// multiplied by [`SCALE`] first.
 pub(crate) struct Sum<'a, T> {
     pub(crate) ft: &'a mut [T; TILE],
     pub(crate) acc: &'a mut Lanes,
@@ -125,6 +128,7 @@ pub(crate) struct Sum<'a, T> {
     pub(crate) x: &'a [T],
     pub(crate) t: &'a [T],
     pub(crate) log_target: bool,
+    pub(crate) scaled: bool,
 }
 
 impl<T: Float> Kernel for Sum<'_, T> {
@@ -134,33 +138,9 @@ impl<T: Float> Kernel for Sum<'_, T> {
     }
     #[inline(always)]
     fn run<const LOG_TARGET: bool>(self) {
-        sum_slice::<LOG_TARGET, T>(self.ft, self.acc, self.first, self.x, self.t)
-    }
-}
-
-/// 2^-70: the factor of [`ScaledSum`]. A term of `f64` is at most `f64::MAX` (about 2^1024),
-/// so scaled terms are below 2^954, and a sum of up to 2^63 of them stays below 2^1017.
-pub(crate) const SCALE: f64 = 1.0 / (1u128 << 70) as f64;
-
-/// The terms of a run, each multiplied by [`SCALE`], added to the lanes as [`sum_slice`] adds
-/// them: a sum whose partial sums cannot overflow (tiny terms may round away, which a sum
-/// large enough to need this does not see).
-pub(crate) struct ScaledSum<'a, T> {
-    pub(crate) ft: &'a mut [T; TILE],
-    pub(crate) acc: &'a mut Lanes,
-    pub(crate) first: usize,
-    pub(crate) x: &'a [T],
-    pub(crate) t: &'a [T],
-    pub(crate) log_target: bool,
-}
-
-impl<T: Float> Kernel for ScaledSum<'_, T> {
-    type Output = ();
-    fn log_target(&self) -> bool {
-        self.log_target
-    }
-    #[inline(always)]
-    fn run<const LOG_TARGET: bool>(self) {
+        if !self.scaled {
+            return sum_slice::<LOG_TARGET, T>(self.ft, self.acc, self.first, self.x, self.t);
+        }
         let ft = &mut self.ft[..self.x.len()];
         transcendental_slice::<LOG_TARGET, T>(self.t, ft, &[]);
         let add = |acc: f64, x: T, t: T, ft: T| acc + term_with::<LOG_TARGET, T>(x, t, ft) * SCALE;
@@ -168,6 +148,12 @@ impl<T: Float> Kernel for ScaledSum<'_, T> {
         sum_terms_with::<LOG_TARGET, false, T>(acc, first, x, t, ft, 0.0, &mut [], add);
     }
 }
+
+/// 2^-70: the factor of a scaled [`Sum`], whose partial sums cannot overflow: a term of `f64`
+/// is at most `f64::MAX` (about 2^1024), so scaled terms are below 2^954, and a sum of up to
+/// 2^63 of them stays below 2^1017 (tiny terms may round away, which a sum large enough to need
+/// this does not see).
+pub(crate) const SCALE: f64 = 1.0 / (1u128 << 70) as f64;
 
 /// [`sum_terms`] as a [`Kernel`], `ft` given, and `fast` as [`transcendental_slice`] returned
 /// it for all the `t` that `ft` was computed from.
@@ -191,6 +177,52 @@ impl<T: Float> Kernel for SumPrecomputed<'_, T> {
         let (acc, first, x, t, ft, fast) =
             (self.acc, self.first, self.x, self.t, self.ft, self.fast);
         sum_terms::<LOG_TARGET, false, T>(acc, first, x, t, ft, fast, 0.0, &mut [])
+    }
+}
+
+/// The values of `x` and of `t` added to the lanes, in `T` (the benchmarks' read floor: what a
+/// sum of the loss reads, with nothing to compute).
+#[cfg(feature = "python")]
+pub(crate) struct ReadSum<'a, T> {
+    pub(crate) acc: &'a mut [T; LANES],
+    pub(crate) x: &'a [T],
+    pub(crate) t: &'a [T],
+}
+
+#[cfg(feature = "python")]
+impl<T: Float + std::ops::Add<Output = T>> Kernel for ReadSum<'_, T> {
+    type Output = ();
+    fn log_target(&self) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn run<const LOG_TARGET: bool>(self) {
+        // Two sets of lanes (in registers), so that the adds do not wait for each other; the
+        // streams asked for ahead as the kernels ask for them, a line at a time.
+        let (mut a, mut b) = (*self.acc, [T::default(); LANES]);
+        let (x, t) = (self.x, self.t);
+        let body = x.len() / LANES * LANES;
+        let line = 64 / std::mem::size_of::<T>();
+        let groups = x[..body]
+            .chunks_exact(LANES)
+            .zip(t[..body].chunks_exact(LANES));
+        for (k, (xg, tg)) in groups.enumerate() {
+            if (k * LANES) % line == 0 {
+                prefetch_ahead(x, k * LANES);
+                prefetch_ahead(t, k * LANES);
+            }
+            for j in 0..LANES {
+                a[j] = a[j] + xg[j];
+                b[j] = b[j] + tg[j];
+            }
+        }
+        let tail = body;
+        for (i, (&x, &t)) in self.x[tail..].iter().zip(&self.t[tail..]).enumerate() {
+            a[i] = a[i] + x + t;
+        }
+        for j in 0..LANES {
+            self.acc[j] = a[j] + b[j];
+        }
     }
 }
 

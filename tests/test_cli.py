@@ -4,6 +4,7 @@ one line with exit status 2, and bounded memory on files larger than a block."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -153,16 +154,70 @@ def test_bench_smoke(tmp_path):
         "--repeats",
         "3",
         "--json",
-        str(tmp_path / "b.json"),
+        str(tmp_path / "out" / "b.json"),
         "--png",
-        str(tmp_path / "b.png"),
+        str(tmp_path / "charts" / "b.png"),
     )
     assert r.returncode == 0, r.stderr
     assert "W1" in r.stdout and "kldiv" in r.stdout
-    assert (tmp_path / "b.json").exists()
+    # exactly where --json says, its folder created
+    assert f"json: {tmp_path / 'out' / 'b.json'}" in r.stdout
+    res = json.loads((tmp_path / "out" / "b.json").read_text())
+    assert {row["workload"] for row in res["results"]} == {"W1", "W4"}
+    assert str(tmp_path / "charts" / "b.png") in r.stdout  # the chart, or why there is none
 
 
-def test_bench_times_w1_in_turns_with_the_workloads_measured_against_it():
+def test_bench_writes_no_file_unless_asked_and_its_floor_is_read_sum(tmp_path):
+    """Without --json and --png nothing is written (not into ./bench-results either), and the
+    floor row is kldiv's own read of both inputs, kldiv._kldiv.read_sum."""
+    r = subprocess.run(
+        [sys.executable, "-m", "kldiv", "bench", "--quick", "--workloads", "W1,W6"]
+        + ["--impls", "kldiv,floor", "--repeats", "1", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert "json:" not in r.stdout and "chart" not in r.stdout
+    floor_rows = [line for line in r.stdout.splitlines() if re.match(r"W[16]\s+floor\s", line)]
+    assert len(floor_rows) == 2, r.stdout
+    assert "x the floor" in floor_rows[0]
+    assert "writes the gradient" in floor_rows[1]  # W6: the floor only reads
+    assert "floor: kldiv._kldiv.read_sum(x, t)" in r.stdout
+
+
+def test_bench_floor_calls_read_sum_on_the_workload_arrays(monkeypatch, threads):
+    from kldiv import _bench, _kldiv
+
+    calls = []
+    read_sum = _kldiv.read_sum
+
+    def recording(x, t):
+        s = read_sum(x, t)
+        calls.append((x, t, s))
+        return s
+
+    monkeypatch.setattr(_kldiv, "read_sum", recording)
+    res = _bench.run(["W8", "W9"], threads=2, repeats=1, quick=True, impls=["kldiv", "floor"])
+    assert res["config"]["floor"] == _bench.FLOOR_WHAT and "read_sum" in _bench.FLOOR_WHAT
+    rows = {(r["workload"], r["impl"]) for r in res["results"]}
+    assert {("W8", "floor"), ("W9", "floor")} <= rows
+    for wid in ("W8", "W9"):
+        x, t = _bench.make_inputs(_bench.WORKLOADS[wid], quick=True)
+        mine = [c for c in calls if c[0].shape == x.shape and c[1].shape == t.shape]
+        assert mine, wid  # the workload's arrays as they are: views, broadcast target
+        got_x, got_t, s = mine[0]
+        assert got_x.strides == x.strides and got_t.strides == t.strides
+        want = float(
+            np.sum(x, dtype=np.float64) + np.sum(np.broadcast_to(t, x.shape), dtype=np.float64)
+        )
+        assert s == pytest.approx(want, rel=1e-5)
+    assert "x the floor" in _bench.format_table(res)
+
+
+def test_bench_times_w1_in_turns_with_the_workloads_measured_against_it(threads):
     from kldiv import _bench
 
     res = _bench.run(["W4", "W8"], threads=1, repeats=1, quick=True, impls=["kldiv"])

@@ -1,29 +1,36 @@
-"""kldiv against its peers on the workloads W1-W9 of BENCHMARKS.md (/work/shared/BENCHMARKS.md).
+"""kldiv against its peers on the workloads W1-W9 of docs/benchmarks.md.
 
-Run it from the repository root with the package importable, for example::
+``kldiv bench`` runs it, and so does ``benches/bench.py`` from a checkout::
 
+    kldiv bench --quick                                            # sizes / 100: a smoke run
     PYTHONPATH=python python benches/bench.py                      # all of W1-W9, 2 threads
     PYTHONPATH=python python benches/bench.py --workloads W1,W3 --threads 1 --repeats 11
-    PYTHONPATH=python python benches/bench.py --quick               # sizes / 100: a smoke run
+    kldiv bench --json out/bench.json --png out/bench.png          # also keep the results
 
 It prints a table (median ns per element, microseconds per call, how many times faster kldiv
 is than each peer, kldiv's time over the read floor, and "cpu": the process CPU time over the
 wall time, summed over the repeats, a rough count of the cores an implementation kept busy;
 the kernel accounts CPU time coarsely, so it is only meaningful for calls of a millisecond or
 more; for W7, W8 and W9, whose target is a ratio to W1's time, kldiv on W1's arrays is timed in
-turns with them, as "kldiv@W1", and the ratio printed), writes JSON (``--json``, default
-``bench-results/bench.json``) and a PNG chart
-(``--png``, default ``bench-results/bench.png``; needs matplotlib).
+turns with them, as "kldiv@W1", and the ratio printed). It writes nothing unless asked:
+``--json PATH`` writes the results as JSON to PATH, ``--png PATH`` a bar chart (needs
+matplotlib) to PATH, each creating the folders above it.
 
-The rule (BENCHMARKS.md): same arrays, same number of threads, at least 7 timed repeats after a
-warm-up, the implementations interleaved inside each repeat (their order rotates from repeat to
-repeat), the median reported. Each timed block starts after a 20 ms gap (``--settle-ms``,
-the main thread busy-waits): PyTorch's OpenMP workers spin for milliseconds after each call
-and would otherwise steal a core from whatever runs next. Peers, each only if it imports: PyTorch
-(``torch.nn.functional.kl_div``, forward + ``torch.autograd.grad`` for W6), JAX (the same
-expression under ``jax.jit``, arrays put on the device once), NumPy/SciPy
-(``(xlogy(t, t) - t * x).sum() / n``, single-threaded by nature), and the read floor
-(``x.sum() + t.sum()`` in PyTorch, or NumPy without PyTorch).
+The rule (docs/benchmarks.md): same arrays, same number of threads, at least 7 timed repeats
+after a warm-up, the implementations interleaved inside each repeat (their order rotates from
+repeat to repeat), the median reported. Each timed block starts after a 20 ms gap
+(``--settle-ms``, the main thread busy-waits): PyTorch's OpenMP workers spin for milliseconds
+after each call and would otherwise steal a core from whatever runs next. Peers, each only if
+it imports: PyTorch (``torch.nn.functional.kl_div``, forward + ``torch.autograd.grad`` for W6),
+JAX (the same expression under ``jax.jit``, arrays put on the device once), NumPy/SciPy
+(``(xlogy(t, t) - t * x).sum() / n``, single-threaded by nature).
+
+The read floor is ``kldiv._kldiv.read_sum(x, t)``: a read-only kernel of kldiv's own that sums
+the values of both inputs, with kldiv's threads (``kldiv.set_num_threads``, the same number as
+every implementation) and kldiv's traversal of the two arrays (their strides, a broadcast
+target read as the kernels read it). It is the time to read both inputs once, which no kernel
+over them can beat; it needs nothing but kldiv. For W5 and W6 it stays a read of both inputs,
+although their kernels also write an array (the terms, the gradient).
 
 Threads: ``torch.set_num_threads(N)`` and ``kldiv.set_num_threads(N)``. XLA has no flag for
 the size of its CPU thread pool; it sizes the pool from the CPUs the process may run on, so the
@@ -32,8 +39,10 @@ restores it right after (JAX's pool threads keep the N-CPU mask). With N = 1 it 
 ``--xla_cpu_multi_thread_eigen=false``. This only works if JAX was not imported before;
 otherwise the output says JAX's threads are not limited. ``JAX_PLATFORMS`` is set to ``cpu``.
 
-``run(workloads, threads, repeats, quick)`` returns the results as a dict, for other tools
-(a ``kldiv bench`` command) to call.
+``run(workloads, threads, repeats, quick)`` returns the results as a dict. The scripts in
+``benches/`` import what they share with this harness from here (``WORKLOADS``,
+``make_inputs``, ``kldiv_fn``, ``floor_fn``, ``time_interleaved``, ``spin``); what only they
+use lives in ``benches/``.
 """
 
 from __future__ import annotations
@@ -52,7 +61,9 @@ from pathlib import Path
 from typing import Any
 
 # OpenBLAS's idle threads (NumPy's and SciPy's) yield-spin and take CPU from whatever runs
-# next; no workload here calls BLAS, so one BLAS thread changes nothing but the noise.
+# next; no workload here calls BLAS, so one BLAS thread changes nothing but the noise. OpenBLAS
+# reads it when it loads: the scripts in benches/ set it before importing NumPy; importing
+# kldiv loads NumPy, so for ``kldiv bench`` it is set here too late for NumPy's OpenBLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
@@ -68,6 +79,10 @@ FLOOR = "floor"
 # row was timed minutes earlier, and this VM's speed drifts in between.
 IN_TURNS_W1 = "kldiv@W1"
 IMPLS = ("kldiv", *PEERS, FLOOR)
+FLOOR_WHAT = (
+    "kldiv._kldiv.read_sum(x, t): the sum of both inputs' values, read once by kldiv's own "
+    "kernel with the same threads and traversal; no kernel over them can be faster"
+)
 ENV_VARS = (
     "OMP_NUM_THREADS",
     "OMP_WAIT_POLICY",
@@ -76,7 +91,7 @@ ENV_VARS = (
     "OPENBLAS_NUM_THREADS",
 )
 ENV_VARS += ("KLDIV_NUM_THREADS", "RAYON_NUM_THREADS", "XLA_FLAGS", "JAX_PLATFORMS")
-MIN_REPEATS = 7  # BENCHMARKS.md: at least 7 timed repeats
+MIN_REPEATS = 7  # docs/benchmarks.md: at least 7 timed repeats
 # After a parallel region PyTorch's OpenMP (libgomp) workers spin for several milliseconds
 # (measured: ~7 ms on the 2-core dev box); whatever runs next would share the cores with them.
 # So each implementation's timed block starts after this gap (untimed, busy-waited).
@@ -85,7 +100,7 @@ SETTLE_MS = 20.0
 
 @dataclass(frozen=True)
 class Workload:
-    """One row of the BENCHMARKS.md table."""
+    """One row of the table of docs/benchmarks.md."""
 
     id: str
     what: str
@@ -98,7 +113,7 @@ class Workload:
     broadcast: bool = False  # t has shape (1, cols)
     grad: bool = False  # loss and gradient w.r.t. the input
     calls: int = 1  # calls per timed repeat (timer resolution / call overhead)
-    versus_w1: bool = False  # BENCHMARKS.md: within 1.5x of W1's time (timed in turns with W1)
+    versus_w1: bool = False  # target: within 1.5x of W1's time (timed in turns with W1)
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -250,7 +265,7 @@ def make_inputs(w: Workload, quick: bool, seed: int = 0) -> tuple[Array, Array]:
 # --------------------------------------------------------------------------- implementations
 
 
-def _kldiv_fn(kd: Any, w: Workload, x: Array, t: Array, notes: list[str]) -> Fn | None:
+def kldiv_fn(kd: Any, w: Workload, x: Array, t: Array, notes: list[str]) -> Fn | None:
     if w.grad:
         if not hasattr(kd, "kl_div_and_grad"):
             notes.append(f"{w.id} kldiv: skipped, kldiv has no kl_div_and_grad")
@@ -305,11 +320,15 @@ def _numpy_fn(special: Any, w: Workload, x: Array, t: Array) -> Fn:
     return lambda: terms().sum() / rows
 
 
-def _floor_fn(torch: Any | None, x: Array, t: Array) -> Fn:
-    if torch is not None:
-        xt, tt = torch.from_numpy(x), torch.from_numpy(t)
-        return lambda: xt.sum() + tt.sum()
-    return lambda: x.sum() + t.sum()
+def floor_fn(x: Array, t: Array) -> Fn:
+    """The read floor on ``x`` and ``t``: ``kldiv._kldiv.read_sum(x, t)``, the sum of both
+    arrays' values by a read-only kernel with kldiv's threads and traversal (strides and
+    broadcasting as the loss kernels take them). No kernel over the same arrays with the same
+    threads can be faster. It writes nothing: for W5 and W6, whose kernels also write an array
+    (the terms, the gradient), it is still the time to read both inputs."""
+    from ._kldiv import read_sum
+
+    return lambda: read_sum(x, t)
 
 
 def _to_numpy(value: Any) -> list[Array]:
@@ -339,14 +358,14 @@ def _agrees(got: Any, ref: Any, dtype: type[np.floating[Any]]) -> bool:
 # --------------------------------------------------------------------------- timing
 
 
-def _spin(ms: float) -> None:
+def spin(ms: float) -> None:
     """Waits ``ms`` busy, not asleep: the core stays out of idle states, its caches warm."""
     end = time.perf_counter_ns() + int(ms * 1e6)
     while time.perf_counter_ns() < end:
         pass
 
 
-def _time(
+def time_interleaved(
     fns: dict[str, Fn], calls: int, repeats: int, settle_ms: float
 ) -> dict[str, dict[str, Any]]:
     """Medians of ``repeats`` timed repeats; implementations interleaved in each repeat, each
@@ -362,7 +381,7 @@ def _time(
             k = rep % len(names)
             for name in names[k:] + names[:k]:  # rotate the order: no fixed position
                 fn = fns[name]
-                _spin(settle_ms)
+                spin(settle_ms)
                 c0, t0 = time.process_time_ns(), time.perf_counter_ns()
                 for _ in range(calls):
                     fn()
@@ -415,7 +434,8 @@ def run(
     ``machine``, ``config``, ``notes`` and ``results`` (one entry per workload and
     implementation: median ns per call and per element, ``time_over_kldiv`` (> 1: kldiv is
     that many times faster; for the floor, 1 / (kldiv's time over the floor)), CPU
-    utilisation, raw samples).
+    utilisation, raw samples). The floor is ``floor_fn`` (``kldiv._kldiv.read_sum``), with
+    kldiv's threads, set to ``threads`` like every implementation's.
     ``settle_ms``: gap before each timed block (see ``SETTLE_MS``)."""
     ids, want = check_args(workloads, impls, threads, repeats)
     notes: list[str] = []
@@ -427,7 +447,7 @@ def run(
             "quiet, timings (PyTorch's OpenMP threads especially) may be distorted"
         )
     if repeats < MIN_REPEATS:
-        notes.append(f"only {repeats} repeats: BENCHMARKS.md asks for at least {MIN_REPEATS}")
+        notes.append(f"only {repeats} repeats: docs/benchmarks.md asks for at least {MIN_REPEATS}")
 
     # JAX first: it must create its thread pool before the other libraries start threads
     jax = _setup_jax(threads, notes) if "jax" in want else None
@@ -437,8 +457,8 @@ def run(
     kldiv.set_num_threads(threads)
     if torch is not None:
         torch.set_num_threads(threads)
-    else:
-        notes.append("torch: not available (the floor uses NumPy)")
+    elif "torch" in want:
+        notes.append("torch: not available, PyTorch peer left out")
     if "numpy" in want and special is None:
         notes.append("numpy/scipy: scipy not available, NumPy/SciPy peer left out")
     elif "numpy" in want:
@@ -455,14 +475,14 @@ def run(
         _log(f"{wid}: {w.what}, x {x.shape} {x.dtype}, t {t.shape}, {calls} call(s)/repeat")
 
         fns: dict[str, Fn] = {}
-        kfn = _kldiv_fn(kldiv, w, x, t, notes) if "kldiv" in want else None
+        kfn = kldiv_fn(kldiv, w, x, t, notes) if "kldiv" in want else None
         if kfn is not None:
             fns["kldiv"] = kfn
         w1_elements = n
         if kfn is not None and w.versus_w1:
             x1, t1 = make_inputs(WORKLOADS["W1"], quick, seed)
             w1_elements = x1.size
-            fns[IN_TURNS_W1] = _kldiv_fn(kldiv, WORKLOADS["W1"], x1, t1, notes)
+            fns[IN_TURNS_W1] = kldiv_fn(kldiv, WORKLOADS["W1"], x1, t1, notes)
             del x1, t1  # kept alive by the function
         if torch is not None and "torch" in want:
             fns["torch"] = _torch_fn(torch, w, x, t)
@@ -475,7 +495,8 @@ def run(
                 notes.append(f"{wid} numpy: left out (no autograd)")
             else:
                 fns["numpy"] = _numpy_fn(special, w, x, t)
-        fns[FLOOR] = _floor_fn(torch, x, t)
+        if FLOOR in want:
+            fns[FLOOR] = floor_fn(x, t)
         fns = {k: f for k, f in fns.items() if k in want or k == IN_TURNS_W1}
 
         # warm-up (JIT compiles here), then a check that all compute the same thing
@@ -496,7 +517,7 @@ def run(
         if not fns:
             continue
 
-        timed = _time(fns, calls, repeats, settle_ms)
+        timed = time_interleaved(fns, calls, repeats, settle_ms)
         k = timed["kldiv"]["ns_per_call"] if "kldiv" in timed else None
         for name, r in timed.items():
             elements = w1_elements if name == IN_TURNS_W1 else n
@@ -523,6 +544,7 @@ def run(
             "quick": quick,
             "seed": seed,
             "impls": [i for i in IMPLS if i in want],
+            "floor": FLOOR_WHAT if FLOOR in want else None,
             "settle_ms": settle_ms,
             "cpu_busy_start": busy,
             "loadavg_start": load,
@@ -544,8 +566,18 @@ def _median(res: dict[str, Any], wid: str, impl: str) -> float | None:
     return None
 
 
+def _floor_caveat(w: Workload) -> str:
+    """What kldiv's kernel writes on ``w`` and the floor (a read of both inputs) does not."""
+    if w.grad:
+        return " (a read of x and t; kldiv also writes the gradient)"
+    if w.reduction == "none":
+        return " (a read of x and t; kldiv also writes the terms)"
+    return ""
+
+
 def format_table(res: dict[str, Any]) -> str:
-    """The results as a text table, with ratios against kldiv."""
+    """The results as a text table, with ratios against kldiv; the floor is
+    ``kldiv._kldiv.read_sum`` on the same arrays with the same threads (see ``floor_fn``)."""
     head = f"{'id':<4} {'impl':<8} {'ns/elem':>10} {'us/call':>11} {'cpu':>5}  vs kldiv"
     lines = [head, "-" * len(head)]
     for wid in res["config"]["workloads"]:
@@ -555,7 +587,7 @@ def format_table(res: dict[str, Any]) -> str:
             if r["impl"] == "kldiv" or k is None:
                 cmp = ""
             elif r["impl"] == FLOOR:
-                cmp = f"kldiv takes {k / ns:.2f}x the floor"
+                cmp = f"kldiv takes {k / ns:.2f}x the floor{_floor_caveat(WORKLOADS[wid])}"
             elif r["impl"] == IN_TURNS_W1:
                 cmp = f"{wid} takes {k / ns:.2f}x W1's time, in turns"
             elif ns >= k:
@@ -570,19 +602,21 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def write_json(res: dict[str, Any], path: Path) -> None:
+    """Writes ``res`` as JSON to ``path`` (exactly there), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=2) + "\n")
 
 
 def plot_png(res: dict[str, Any], path: Path) -> str:
-    """Bar chart of ns per element, log scale: one group per workload, one bar per impl."""
+    """Bar chart of ns per element, log scale: one group per workload, one bar per impl,
+    written to ``path`` (exactly there, its folder created); returns a line to print."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except Exception:
-        return "matplotlib not importable: no PNG"
+        return f"matplotlib not importable: no chart written to {path}"
     wids = res["config"]["workloads"]
     impls = [i for i in ("kldiv", *PEERS, FLOOR) if any(r["impl"] == i for r in res["results"])]
     width = 0.8 / max(1, len(impls))
@@ -611,8 +645,14 @@ def plot_png(res: dict[str, Any], path: Path) -> str:
     return f"chart: {path}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """The command line of ``kldiv bench`` and ``benches/bench.py``: prints the table; writes
+    the JSON and the chart only where ``--json`` and ``--png`` say."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__.split("\n\n")[0],
+        epilog=f"The floor: {FLOOR_WHAT}. Protocol and targets: docs/benchmarks.md.",
+    )
     p.add_argument("--workloads", default="", help="comma-separated ids, e.g. W1,W3 (all)")
     p.add_argument("--threads", type=int, default=2, help="threads for every impl (2)")
     p.add_argument("--repeats", type=int, default=9, help="timed repeats, median taken (9)")
@@ -621,9 +661,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--settle-ms", type=float, default=SETTLE_MS, help="gap before each timed block (20)"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=Path("bench-results/bench.json"))
-    p.add_argument("--png", type=Path, default=Path("bench-results/bench.png"))
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (0)")
+    p.add_argument(
+        "--json",
+        type=Path,
+        metavar="PATH",
+        help="write the results as JSON to PATH, creating its folder (default: no file)",
+    )
+    p.add_argument(
+        "--png",
+        type=Path,
+        metavar="PATH",
+        help="draw a bar chart to PATH, creating its folder; needs matplotlib (default: no file)",
+    )
     a = p.parse_args(argv)
     wl = [s for s in a.workloads.split(",") if s.strip()] or None
     im = [s for s in a.impls.split(",") if s.strip()] or None
@@ -640,9 +690,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(res))
     for note in res["notes"]:
         print(f"note: {note}")
-    write_json(res, a.json)
-    print(f"json: {a.json}")
-    print(plot_png(res, a.png))
+    if FLOOR in res["config"]["impls"]:
+        print(f"floor: {FLOOR_WHAT}")
+    if a.json is not None:
+        write_json(res, a.json)
+        print(f"json: {a.json}")
+    if a.png is not None:
+        print(plot_png(res, a.png))
     return 0
 
 

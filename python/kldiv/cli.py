@@ -311,9 +311,11 @@ def loss(a: argparse.Namespace) -> int:
 
 
 def bench(a: argparse.Namespace, rest: list[str]) -> int:
+    """``kldiv bench``: the benchmark table of docs/benchmarks.md (see :mod:`kldiv._bench`);
+    it writes files only where ``--json`` and ``--png`` say."""
     from . import _bench
 
-    return _bench.main(rest)
+    return _bench.main(rest, prog="kldiv bench")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -343,7 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar.add_argument(
         "--progress", action="store_true", help="a progress bar even when stderr is not a terminal"
     )
-    sub.add_parser("bench", help="the benchmark table; options: kldiv bench --help", add_help=False)
+    sub.add_parser(
+        "bench",
+        help="the benchmark table (writes no file unless --json/--png); kldiv bench --help",
+        add_help=False,
+    )
     args, rest = p.parse_known_args(argv)
     try:
         if args.command == "bench":
