@@ -110,9 +110,8 @@ mod sealed {
         /// above). One integer operation, so that a run is checked with a vector maximum.
         fn normal_offset(self) -> Self::Bits;
         /// Whether a run's positive-normal check is best done in the pass of `ln_normal`
-        /// itself (see `crate::terms`): so for `f32` (one core, AVX-512: `ln` of 100,000
-        /// elements 0.23 -> 0.20 ns/element); not for `f64`, whose `ln` loop then runs out of
-        /// vector registers (0.89 -> 1.09 ns/element).
+        /// itself (see `crate::runs`): so for `f32`, which saves a pass; not for `f64`, whose
+        /// `ln` loop then runs out of vector registers (figures in `docs/performance.md`).
         const CHECK_WITH_LN: bool;
         /// `a * (b - c)` in `f64`, the difference rounded once to `Self` (for `f32` the product
         /// is then exact in `f64`): how a term is a factor times a difference.

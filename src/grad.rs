@@ -6,11 +6,11 @@
 //! (`1 / divisor` for every element), so [`kl_div_and_grad_into`] reads each element once,
 //! adds its term to the sum and writes its gradient in the same loop.
 
-use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension, IxDyn};
+use ndarray::{ArrayD, ArrayView, ArrayViewMut, Dimension};
 
 use crate::error::Error;
 use crate::float::Float;
-use crate::loss::{checked_len, common_shape, settle, Reduction};
+use crate::loss::{common_shape, settle, zeros, Reduction};
 use crate::parallel::{for_each_block, for_each_task, tree_sum};
 use crate::reduce::{fold_lanes, sum_terms, Lanes, LANES};
 use crate::simd::{dispatch, Kernel};
@@ -169,18 +169,6 @@ where
     }
 }
 
-/// A new C-ordered array of `shape` for a kernel's output (its contents are overwritten).
-pub(crate) fn zeros<T: Float>(shape: &[usize]) -> Result<ArrayD<T>, Error> {
-    let len = checked_len(shape)?;
-    let mut data = Vec::new();
-    data.try_reserve_exact(len)
-        .map_err(|_| Error::OutOfMemory {
-            bytes: len.saturating_mul(std::mem::size_of::<T>()),
-        })?;
-    data.resize(len, T::default());
-    Ok(ArrayD::from_shape_vec(IxDyn(shape), data).expect("len elements"))
-}
-
 /// The gradients of [`kl_div_backward_into`] over a walk whose outputs are `dsts`: the input's,
 /// the target's, or both, as `(gx, gt)` says.
 fn backward_walk<T: Float, const K: usize, const W: usize>(
@@ -263,15 +251,7 @@ pub fn kl_div_and_grad<T: Float, D1: Dimension, D2: Dimension>(
     reduction: Reduction,
     log_target: bool,
 ) -> Result<(T, ArrayD<T>), Error> {
-    let shape = common_shape(input.shape(), target.shape())?;
-    let len = checked_len(&shape)?;
-    let mut data = Vec::new();
-    data.try_reserve_exact(len)
-        .map_err(|_| Error::OutOfMemory {
-            bytes: len.saturating_mul(std::mem::size_of::<T>()),
-        })?;
-    data.resize(len, T::default());
-    let mut grad = ArrayD::from_shape_vec(IxDyn(&shape), data).expect("len elements");
+    let mut grad = zeros(&common_shape(input.shape(), target.shape())?)?;
     let loss = kl_div_and_grad_into(input, target, reduction, grad.view_mut(), log_target)?;
     Ok((loss, grad))
 }

@@ -1,5 +1,5 @@
 //! `ln` and `exp` for `f32` and `f64`, written once as branch-free scalar code that the compiler
-//! vectorises for every SIMD level (see [`crate::simd_level`]).
+//! vectorises for every SIMD level (see [`crate::runtime::simd_level`]).
 //!
 //! They use only IEEE adds, multiplies, fused multiply-adds (`mul_add`: one instruction on
 //! AVX2, AVX-512 and NEON, the C library's exact `fma` on baseline x86-64), divisions, integer
@@ -13,7 +13,7 @@
 //!   0.90 ulp from the exact value).
 //! - `ln_f64`: fdlibm's `e_log.c` with its formula `ln(1+f) = f - s*(f - R)` everywhere. At
 //!   most 1 ulp against the C library's `log` on 2 million random and 200,000 near-1 inputs
-//!   (unit tests; 40 million more when it was written).
+//!   (unit tests).
 //! - `exp_f32`, `exp_f64`: `2^k * exp(r)`, `r = x - k ln2` (Cody-Waite, two constants), a Taylor
 //!   polynomial of degree 7 (f32) or 13 (f64) for `exp(r)`, and `2^k` applied in two steps so
 //!   that results in the subnormal range are right. At most 1 ulp over all 2^32 `f32` inputs

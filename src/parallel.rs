@@ -32,8 +32,8 @@ pub(crate) const PARALLEL_MIN: usize = if cfg!(miri) { 128 } else { 1 << 16 };
 pub(crate) const ROW_MIN: usize = if cfg!(miri) { 16 } else { 256 };
 /// The most elements a thread claims at a time (in whole tasks; fewer for small inputs, so
 /// that each thread gets about [`CLAIMS_PER_THREAD`] claims or more). Each claim is an atomic
-/// add on a counter all threads share; claims of 2^16 elements ran 1e7 f32 elements about 20%
-/// faster on 2 threads than claims of 4 blocks of 1000.
+/// add on a counter all threads share, and sharing the counter costs: fewer, larger claims are
+/// faster (`docs/performance.md`).
 const CHUNK: usize = if cfg!(miri) { 128 } else { 1 << 16 };
 /// See [`CHUNK`].
 const CLAIMS_PER_THREAD: usize = 8;
@@ -430,8 +430,7 @@ pub(crate) fn for_each_task<S: Default>(
 ///
 /// Unlike a rayon scope, the caller never waits for a worker that has not started: a worker
 /// still asleep (or busy with another call) finds the call closed when it gets to its job, and
-/// does nothing. Waking a worker that has slept took about 130 µs on a 2-vCPU VM, as long as
-/// summing 100,000 elements.
+/// does nothing. Waking a sleeping worker can take as long as the whole call.
 fn run_with_helpers<H: Fn() + Sync>(pool: &rayon::ThreadPool, help: &H, own: impl FnOnce()) {
     /// `help`, its type erased, for the workers' jobs (which must be `'static`).
     struct Job {
@@ -632,6 +631,28 @@ mod tests {
                 tree(0, blocks.count(), &mut { leaf }).to_bits()
             );
         }
+        set_num_threads(0).unwrap();
+    }
+
+    #[test]
+    fn workers_run_in_the_callers_context() {
+        // A level forced on the caller holds on every thread that runs a share of its call.
+        use crate::simd::{simd_level, with_simd_level, SimdLevel};
+        set_num_threads(3).unwrap();
+        let levels: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
+        let threads = Mutex::new(std::collections::HashSet::new());
+        with_simd_level(SimdLevel::Scalar, || {
+            for_each_task(PARALLEL_MIN * 4, 64, |i, _: &mut ()| {
+                levels[i].store(simd_level() as usize, Ordering::Relaxed);
+                threads.lock().unwrap().insert(std::thread::current().id());
+                std::thread::sleep(std::time::Duration::from_millis(2)); // let the workers join
+            })
+        })
+        .unwrap();
+        assert!(levels
+            .iter()
+            .all(|l| l.load(Ordering::Relaxed) == SimdLevel::Scalar as usize));
+        assert!(threads.lock().unwrap().len() > 1, "the workers took part");
         set_num_threads(0).unwrap();
     }
 

@@ -87,9 +87,8 @@ pub(crate) fn by_pieces<T>(
 }
 
 /// The bytes of `T`s that [`by_pieces`] hands out at a time: a loop over 512 bytes of values
-/// after the prefetches of its 8 lines. Sums of 1000 x 10000 f32 (f64), one thread, medians of
-/// a throwaway example taking turns: pieces of 256 bytes 1.03 (3.74) ns/element, 512 1.06
-/// (3.72), 1024 1.18 (3.80).
+/// after the prefetches of its 8 lines (smaller pieces cost loop overhead, larger ones let the
+/// prefetches run behind; `docs/performance.md`).
 const PIECE: usize = 512;
 
 /// `out[i] = f(t[i])`, calling `ahead(i)` at every cache line (see [`by_pieces`]).
@@ -178,13 +177,9 @@ impl<T: Float> Kernel for Transcendental<'_, T> {
 }
 
 /// How far ahead of the value being computed the fused kernels ask for the memory they stream
-/// through (see [`prefetch_ahead`]). Without it the hardware prefetchers let the two streams
-/// fall behind while the `ln` of a run is computed, and each run waited for memory. Sums of
-/// 1000 x 10000 values, medians of a throwaway example taking turns on an AVX2 machine (AMD
-/// EPYC, Zen 3), 2 KiB ahead against none: f32 on 2 threads 0.73 -> 0.54 ns/element, one
-/// thread 1.33 -> 1.01; f64 on 2 threads 2.39 -> 1.84, one thread 4.48 -> 3.58 (1000 x 1000
-/// f32, in cache: no change). 1 KiB, 3 KiB and 4 KiB ahead, and into L2 (`prefetcht1`), were
-/// within the noise of 2 KiB; 3 KiB kept (the best medians of one turn-taking run).
+/// through (see [`prefetch_ahead`]): without it the hardware prefetchers let the two streams
+/// fall behind while the `ln` of a run is computed, and each run waits for memory (1 to 4 KiB
+/// were within the noise of each other; `docs/performance.md`).
 pub(crate) const AHEAD: usize = 3072;
 
 /// Asks for the cache line [`AHEAD`] bytes after element `i` of `s`, into L1. Only a hint: the

@@ -26,13 +26,7 @@ const GROUP_ROWS_MAX: usize = 16384;
 ///
 /// Whole columns make a task's reads of a Fortran-order array one stream through memory, as on
 /// the row-by-row path; a part of each column makes the hardware fetch lines beyond each part
-/// that the task skips. Measured on an AVX-512 machine (AMD EPYC, Zen 4), W8's time over W1's,
-/// medians of a throwaway Rust example taking turns (1000 x 10000 f32: 3 blocks a row; 4000 x
-/// 2500 and 1000 x 1000: 1): 1000 x 10000 one thread, 1 group 1.15x, 2 groups 2.07x, 8 2.09x
-/// (the earlier groups of 128 rows: 1.9-2.1x); two threads 1 group 1.12x, 2 1.39x, 8 1.89x;
-/// 4000 x 2500 two threads 1 group 1.94x (one task), 2 1.43x, 8 1.55x; 1000 x 1000 (in
-/// cache), one thread 1 group 1.25-1.33x, 2 1.31-1.43x (groups of 128 rows 1.53-1.58x); two
-/// threads 2 groups 1.46-1.54x (groups of 128 rows 1.45-1.51x).
+/// that the task skips (W8's figures for both in `docs/performance.md`).
 fn group_rows(rows: usize, blocks_per_row: usize, threads: usize) -> usize {
     let groups = rows
         .div_ceil(GROUP_ROWS_MAX)

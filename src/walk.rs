@@ -23,12 +23,8 @@ use crate::runs::prefetch;
 pub(crate) const TILE: usize = 1024;
 
 /// The longest run of `T`s a walk hands out: 4 KiB, so 1024 `f32` or 512 `f64`. Each run pays
-/// once for filling and draining its `ln` and summing loops: on one core, rows of 256 f32
-/// elements took 0.51 ns/element, of 512 0.40. Interleaved runs of a throwaway example (one
-/// thread, medians of the minima of 15): f32 runs of 512 -> 1024, rows of 1000 0.41 -> 0.38
-/// and rows of 10,000 0.42 -> 0.40 ns/element; runs of 2048, rows of 10,000 0.48 (tile, `x`
-/// and `t` no longer fit in L1 together), and likewise f64 runs of 1024 (W2 on one thread,
-/// alternating processes: 1.18 -> 1.40 ns/element).
+/// once for filling and draining its `ln` and summing loops, so runs are as long as they can
+/// be while a run's `x`, `t` and tile still fit in L1 together (`docs/performance.md`).
 pub(crate) fn run_len<T>() -> usize {
     (4096 / std::mem::size_of::<T>().max(1)).clamp(1, TILE)
 }

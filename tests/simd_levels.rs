@@ -1,12 +1,13 @@
-//! Every SIMD level gives the same bits for every kernel (as blake3's CI proves for its paths).
-//! Its own test binary, because it changes the process-wide level.
+//! Every SIMD level gives the same bits for every kernel and every path (as blake3's tests call
+//! each backend), within one process: `runtime::with_simd_level` runs one caller's kernels,
+//! their share on the pool's threads included, at one level.
 
 use kldiv::{
     kl_div_and_grad, kl_div_backward_into, kl_div_sum, kl_div_terms, kl_div_terms_and_grad_into,
-    runtime::{set_simd_level, SimdLevel},
+    runtime::{detected_simd_level, set_num_threads, with_simd_level, SimdLevel},
     Float, Reduction,
 };
-use ndarray::{arr0, s, Array2, ArrayD};
+use ndarray::{arr0, s, Array2, ArrayD, ShapeBuilder};
 
 fn data<T: Float>(rows: usize, cols: usize, seed: u64) -> (Array2<T>, Array2<T>) {
     let mut state = seed;
@@ -88,6 +89,32 @@ fn outputs<T: Float>(x: &Array2<T>, t: &Array2<T>) -> Vec<u64> {
             .unwrap();
         push(&l.into_dyn());
         push(&g.into_dyn());
+        // Transposed sums: a Fortran-order array read column by column, with its columns next
+        // to each other in memory (all rows: runs of whole columns on one thread; groups of
+        // part columns when the rows are split between threads), or apart (rows sliced off).
+        let fortran = |a: &Array2<T>| {
+            let mut f = Array2::<T>::default((a.nrows() + 2, a.ncols()).f());
+            f.slice_mut(s![1..a.nrows() + 1, ..]).assign(a);
+            f
+        };
+        let (xf, tf) = (fortran(x), fortran(&tt));
+        let rows = 1..x.nrows() + 1;
+        let (xw, tw) = (xf.slice(s![rows.clone(), ..]), tf.slice(s![rows, ..]));
+        let mut xa = Array2::<T>::default(x.dim().f());
+        xa.assign(x);
+        let mut ta = Array2::<T>::default(x.dim().f());
+        ta.assign(&tt);
+        for (xv, tv) in [(xa.view(), ta.view()), (xw, tw), (xa.view(), tt.view())] {
+            push(&ArrayD::from_elem(
+                vec![],
+                T::from_f64(kl_div_sum(xv, tv, log_target).unwrap()),
+            ));
+        }
+        // A broadcast target row against Fortran-order inputs.
+        push(&ArrayD::from_elem(
+            vec![],
+            T::from_f64(kl_div_sum(xa.view(), tt.slice(s![..1, ..]), log_target).unwrap()),
+        ));
     }
     bits
 }
@@ -95,24 +122,27 @@ fn outputs<T: Float>(x: &Array2<T>, t: &Array2<T>) -> Vec<u64> {
 fn levels_agree<T: Float>() {
     let (x, t) = data::<T>(67, 1031, 5); // ~69k elements: parallel, ragged tails
     let mut seen = Vec::new();
-    for level in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512] {
-        let got = set_simd_level(level);
-        if got != level {
-            println!("{} not supported here: skipped", level.name());
-            continue;
+    for threads in [1, 3] {
+        set_num_threads(threads).unwrap();
+        for level in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512] {
+            if level > detected_simd_level() {
+                println!("{} not supported here: skipped", level.name());
+                continue;
+            }
+            seen.push((level, threads, with_simd_level(level, || outputs(&x, &t))));
         }
-        seen.push((level, outputs(&x, &t)));
     }
-    set_simd_level(SimdLevel::Avx512);
-    for (level, bits) in &seen[1..] {
+    set_num_threads(0).unwrap();
+    for (level, threads, bits) in &seen[1..] {
+        let (first, first_threads, want) = &seen[0];
         assert!(
-            bits == &seen[0].1,
-            "{} differs from {}",
+            bits == want,
+            "{} on {threads} threads differs from {} on {first_threads}",
             level.name(),
-            seen[0].0.name()
+            first.name()
         );
     }
-    println!("{} levels agree on {} outputs", seen.len(), seen[0].1.len());
+    println!("{} runs agree on {} outputs", seen.len(), seen[0].2.len());
 }
 
 #[test]
