@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export CARGO_BUILD_JOBS ?= 2
 
-.PHONY: demo build-dev test test-rust test-python test-torch test-exhaustive test-long miri lint format bench bench-rust fixtures clean
+.PHONY: demo build-dev test test-rust test-python test-torch test-exhaustive test-long miri lint format bench bench-rust fixtures wheel clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,16 @@ demo: $(BIN)/python
 
 ## Editable install (maturin develop, release build) with the test tools.
 build-dev: $(BIN)/python
-	$(BIN)/python -m pip install -q "maturin>=1.5,<2" numpy pytest hypothesis "ruff==0.17.*" \
+	$(BIN)/python -m pip install -q "maturin>=1.9.3,<2" numpy pytest hypothesis "ruff==0.17.*" \
 		"dask[array,distributed]"
 	$(BIN)/maturin develop --release -q
 
-## Every test: the crate alone (cargo test), then the Python package (pytest).
+## Every test: the crate alone (cargo test), then the Python package (pytest, which lists the
+## tests it skips and why: PyTorch's without PyTorch, say); then says what else there is.
 test: build-dev test-rust test-python
+	@echo "make test: done. Not run by it: make test-torch (installs PyTorch: kldiv.torch and"
+	@echo "  PyTorch's own kl_div suites), make test-exhaustive (ln/exp on all 2^32 float32"
+	@echo "  inputs), make miri (Miri over the unsafe code), make test-long (long fuzzing)."
 
 test-rust:
 	cargo test -j2
@@ -55,7 +59,7 @@ test-exhaustive:
 	KLDIV_SIMD=avx512 cargo test -j2 --release --test exhaustive -- --ignored
 
 test-python:
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -rs tests
 
 lint: build-dev
 	cargo fmt --check
@@ -75,16 +79,30 @@ test-long: build-dev
 	$(BIN)/python -m pip install -q atheris
 	$(BIN)/python tests/fuzz_atheris.py -atheris_runs=300000
 
-## The Python benchmark table (peers that are installed in .venv) and the criterion benches.
+## The Python benchmark table (peers that are installed in .venv), its JSON and chart in
+## bench-results/; and the criterion benches.
 bench: build-dev
-	$(BIN)/python benches/bench.py
+	$(BIN)/python benches/bench.py --json bench-results/bench.json --png bench-results/bench.png
 
 bench-rust:
 	cargo bench -j2 --bench kernels
+
+## The wheel to distribute: abi3, manylinux2014 (glibc 2.17 and later), built with zig (the
+## ziglang package from PyPI) into dist/, then installed into a fresh venv and imported there.
+wheel: $(BIN)/python
+	$(BIN)/python -m pip install -q "maturin>=1.9.3,<2" ziglang
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/maturin build -q --release --zig \
+		--compatibility manylinux2014 -o dist
+	rm -rf dist/venv-check && $(PYTHON) -m venv dist/venv-check
+	dist/venv-check/bin/python -m pip install -q dist/kldiv-*manylinux2014*.whl
+	cd dist && venv-check/bin/python -c "import numpy as np, kldiv; \
+		x = np.log(np.full((2, 4), 0.25)); \
+		assert kldiv.kl_div(x, np.exp(x), 'batchmean') == 0; \
+		print('the manylinux2014 wheel installs and runs:', kldiv.__version__)"
 
 ## Regenerate tests/fixtures/ (needs PyTorch: TORCH_PYTHON=/path/to/venv/bin/python).
 fixtures:
 	$(or $(TORCH_PYTHON),$(BIN)/python) scripts/make_fixtures.py
 
 clean:
-	rm -rf $(VENV) target
+	rm -rf $(VENV) target dist

@@ -1,0 +1,144 @@
+"""The README's examples, run as tests.
+
+Each ```python block runs in a fresh namespace, in a temporary working directory (a block that
+imports PyTorch or Dask is skipped, with the reason, where that is not installed). The ``kldiv``
+command lines of the command-line block run as ``python -m kldiv ...`` on the files they name,
+which the test makes first, and their answers are compared with :func:`kldiv.kl_div`. The one
+```rust block is compiled and run by ``cargo test`` (a doctest of ``src/lib.rs``).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import shlex
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kldiv
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+LANGUAGES = {"python", "sh", "text", "rust"}
+OPTIONAL = {"torch": "PyTorch", "dask": "Dask"}  # what a block may need that may be missing
+
+
+def fenced() -> list[tuple[str, int, str]]:
+    """The README's fenced blocks: (language, line of the opening fence, body)."""
+    text = README.read_text(encoding="utf-8")
+    return [(m[1], text.count("\n", 0, m.start()) + 1, m[2]) for m in FENCE.finditer(text)]
+
+
+def blocks(language: str) -> list[pytest.param]:
+    """The README's blocks in ``language`` as test parameters (line, body), named by line."""
+    return [
+        pytest.param(line, body, id=f"README.md:{line}")
+        for lang, line, body in fenced()
+        if lang == language
+    ]
+
+
+def needs(code: str) -> set[str]:
+    """The optional packages (``OPTIONAL``) that ``code`` imports, directly or through
+    ``kldiv.torch`` / ``kldiv.dask``."""
+    names = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    found = set()
+    for name in names:
+        parts = name.split(".")
+        top = parts[1] if parts[0] == "kldiv" and len(parts) > 1 else parts[0]
+        if top in OPTIONAL:
+            found.add(top)
+    return found
+
+
+def test_fences():
+    blocks = fenced()
+    assert blocks, "no fenced blocks found in the README"
+    for lang, line, _ in blocks:
+        assert lang in LANGUAGES, f"README.md:{line}: a ```{lang} block (use one of {LANGUAGES})"
+    rust = [body for lang, _, body in blocks if lang == "rust"]
+    assert len(rust) == 1, "the README keeps exactly one ```rust block (a doctest of src/lib.rs)"
+    assert "fn main()" in rust[0], "the ```rust block is a complete program"
+    assert [lang for lang, _, _ in blocks].count("python") >= 4
+    assert cli_lines(), "no `kldiv loss` command lines in a ```sh block"
+
+
+def test_links_resolve():
+    """Every relative link of the README points into this repository."""
+    text = README.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if "://" in target:
+            continue
+        assert (README.parent / target).exists(), f"README links to a missing {target}"
+
+
+@pytest.mark.parametrize(("line", "code"), blocks("python"))
+def test_python_block(line, code, tmp_path, monkeypatch, threads):
+    for package in sorted(needs(code)):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{OPTIONAL[package]} is not installed (pip install .[{package}])")
+    monkeypatch.chdir(tmp_path)
+    # Padded so that a traceback names the README's own line numbers.
+    exec(compile("\n" * line + code, str(README), "exec"), {"__name__": "__readme__"})
+
+
+def cli_lines() -> list[list[str]]:
+    """The ``kldiv`` commands of the ```sh blocks that show ``kldiv loss``, as argument lists."""
+    lines = []
+    for lang, _, body in fenced():
+        if lang == "sh" and "kldiv loss" in body:
+            for line in body.splitlines():
+                args = shlex.split(line, comments=True)
+                if args and args[0] == "kldiv":
+                    lines.append(args)
+    return lines
+
+
+@pytest.fixture
+def files(tmp_path):
+    """The files the command-line block reads: a batch of log-probabilities, one of
+    probabilities, and both in one .npz."""
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((300, 40)).astype(np.float32)
+    x = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    t = rng.dirichlet(np.ones(40), size=300).astype(np.float32)
+    np.save(tmp_path / "input.npy", x)
+    np.save(tmp_path / "target.npy", t)
+    np.savez(tmp_path / "pair.npz", input=x, target=t)
+    return tmp_path, x, t
+
+
+@pytest.mark.parametrize("args", cli_lines(), ids=shlex.join)
+def test_cli_line(args, files):
+    d, x, t = files
+    out = args[args.index("--out") + 1] if "--out" in args else None
+    for name in args:
+        if name.endswith((".npy", ".npz")) and name != out:
+            assert (d / name).exists(), f"the README's command reads {name}; make it in files()"
+    r = subprocess.run(
+        [sys.executable, "-m", "kldiv", *args[1:]],
+        cwd=d,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    reduction = args[args.index("--reduction") + 1] if "--reduction" in args else "batchmean"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "mean" warns; the numbers are what is compared
+        want = kldiv.kl_div(x, t, reduction, "--log-target" in args)
+    if out is not None:
+        np.testing.assert_allclose(np.load(d / out), want, rtol=1e-6)
+    else:
+        assert float(r.stdout) == pytest.approx(float(want), rel=1e-6)
