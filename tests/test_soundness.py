@@ -205,13 +205,12 @@ def test_the_thread_count_is_capped(threads):
 
 
 def test_threads_that_cannot_start_are_a_runtime_error():
-    # Less address space left than one worker's stack: pthread_create fails at once. (With
-    # room for a few stacks, glibc itself aborts when a started thread cannot allocate its
-    # thread-local data.)
+    # Less address space left than one worker's stack: pthread_create fails at once. No worker
+    # may have run before (KLDIV_NUM_THREADS=1): glibc would reuse its cached stack, and then
+    # abort when the new thread cannot allocate its thread-local data.
     r = python(
         """
         import resource, kldiv
-        kldiv.set_num_threads(1)
         vm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize")]
         unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
         resource.setrlimit(resource.RLIMIT_AS, (vm[0] * 1024 + (1 << 20), resource.RLIM_INFINITY))
@@ -223,7 +222,8 @@ def test_threads_that_cannot_start_are_a_runtime_error():
         finally:
             resource.setrlimit(resource.RLIMIT_AS, unlimited)
         print("RuntimeError", kldiv.get_num_threads(), error)
-        """
+        """,
+        KLDIV_NUM_THREADS="1",
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("RuntimeError 1 kldiv could not start its threads"), r.stdout
