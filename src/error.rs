@@ -26,6 +26,14 @@ pub enum Error {
         /// The shape of `target`.
         target: Vec<usize>,
     },
+    /// Student and teacher logits whose vocabularies (last axes) differ or whose rows (the
+    /// other axes) do not broadcast, or logits without an axis.
+    LogitsShape {
+        /// The shape of the student's logits.
+        student: Vec<usize>,
+        /// The shape of the teacher's logits.
+        teacher: Vec<usize>,
+    },
     /// An output view does not have the shape the result needs.
     OutputShape {
         /// The shape the result has.
@@ -75,6 +83,8 @@ pub enum Error {
     },
     /// The operating system would not start the pool's threads.
     ThreadStart(String),
+    /// An argument out of its range (a temperature, a β, ...), said in words.
+    Argument(String),
     /// The call was stopped by its interrupt check (see [`crate::runtime::with_interrupt`]); outputs
     /// written so far hold partial results.
     Interrupted,
@@ -106,6 +116,13 @@ impl fmt::Display for Error {
                 "input of shape {} and target of shape {} do not broadcast together",
                 Shape(input),
                 Shape(target)
+            ),
+            Error::LogitsShape { student, teacher } => write!(
+                f,
+                "student_logits of shape {} and teacher_logits of shape {} do not match: the \
+                 last axes (the vocabulary) must be equal, and the others (the rows) broadcast",
+                Shape(student),
+                Shape(teacher)
             ),
             Error::OutputShape { expected, actual } => write!(
                 f,
@@ -154,6 +171,7 @@ impl fmt::Display for Error {
                 crate::runtime::MAX_THREADS
             ),
             Error::ThreadStart(why) => write!(f, "kldiv could not start its threads: {why}"),
+            Error::Argument(why) => write!(f, "{why}"),
             Error::Interrupted => write!(f, "the kldiv call was interrupted"),
         }
     }

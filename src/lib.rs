@@ -37,6 +37,7 @@
 mod error;
 mod float;
 mod grad;
+mod logits;
 mod loss;
 pub mod math;
 mod parallel;
@@ -56,6 +57,10 @@ pub use float::Float;
 pub use grad::{
     kl_div_and_grad, kl_div_and_grad_into, kl_div_backward, kl_div_backward_into,
     kl_div_terms_and_grad, kl_div_terms_and_grad_into,
+};
+pub use logits::{
+    kl_div_logits, kl_div_logits_and_grad_into, kl_div_logits_rows_into, Bf16, Divergence, Logit,
+    LogitsLoss, LogitsReduction, F16,
 };
 pub use loss::{kl_div, kl_div_sum, kl_div_terms, kl_div_terms_into, Reduction};
 pub use ndarray;

@@ -223,7 +223,13 @@ pub fn exp_f32(x: f32) -> f32 {
     let kf = kb - MAGIC;
     let k = (kb.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let r = (-kf).mul_add(LN2_LO, (-kf).mul_add(LN2_HI, xc));
-    // Taylor polynomial of exp(r), |r| <= ln(2)/2, by Horner's rule.
+    exp_f32_reduced(r, k)
+}
+
+/// `2^k e^r` for `|r| <= ln(2)/2`: a Taylor polynomial of degree 7 by Horner's rule, and `2^k`
+/// applied in two steps so that results in the subnormal range are right.
+#[inline(always)]
+fn exp_f32_reduced(r: f32, k: i32) -> f32 {
     let mut p: f32 = 1.0 / 5040.0;
     for c in [720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
         p = p.mul_add(r, 1.0 / c);
@@ -233,6 +239,76 @@ pub fn exp_f32(x: f32) -> f32 {
     let s1 = f32::from_bits(((k1 + 127) as u32) << 23);
     let s2 = f32::from_bits(((k2 + 127) as u32) << 23);
     (p * s1) * s2
+}
+
+/// `e^x` for `x <= 0` that is not below -87, for the exponentials of a softmax: as
+/// [`exp_f32`] there (the same reduction and polynomial, `2^k` in one step, as the result is
+/// normal); below -87, `e^-87` (about `1.6e-38`: callers treat such values as 0); NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp_f32_unit(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = f32::from_bits(0x3f318000);
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const MAGIC: f32 = 12582912.0;
+    let xc = if x < -87.0 { -87.0 } else { x };
+    let kb = xc.mul_add(LOG2E, MAGIC);
+    let kf = kb - MAGIC;
+    let k = (kb.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let r = (-kf).mul_add(LN2_LO, (-kf).mul_add(LN2_HI, xc));
+    let mut p: f32 = 1.0 / 5040.0;
+    for c in [720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
+        p = p.mul_add(r, 1.0 / c);
+    }
+    p * f32::from_bits(((k + 127) as u32) << 23)
+}
+
+/// `e^x - 1` for an `f32`, with a small relative error near 0 as well (at most 2 ulp; tests
+/// below): `e^x - 1 = 2^k (e^r - 1) + (2^k - 1)` with `e^r - 1` a Taylor polynomial to `r^8/8!`
+/// (which does not cancel) and one rounding for the sum. `+inf` above 88 (where `e^x` nears
+/// the largest `f32`), `-1` below -30.
+///
+/// # Example
+/// ```
+/// let x = 1e-6_f32;
+/// let want = f64::from(x).exp_m1();
+/// let got = f64::from(kldiv::math::expm1_f32(x));
+/// assert!((got - want).abs() <= 2.0 * f64::from(f32::EPSILON) * want);
+/// assert_eq!(kldiv::math::expm1_f32(f32::NEG_INFINITY), -1.0);
+/// ```
+#[inline(always)]
+pub fn expm1_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = f32::from_bits(0x3f318000);
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const MAGIC: f32 = 12582912.0;
+    let xc = x.clamp(-30.0, 88.0); // NaN stays NaN
+    let kb = xc.mul_add(LOG2E, MAGIC);
+    let kf = kb - MAGIC;
+    let k = (kb.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let r = (-kf).mul_add(LN2_LO, (-kf).mul_add(LN2_HI, xc));
+    let mut p: f32 = 1.0 / 40320.0;
+    for c in [5040.0, 720.0, 120.0, 24.0, 6.0, 2.0] {
+        p = p.mul_add(r, 1.0 / c);
+    }
+    let em = r.mul_add(r * p, r); // e^r - 1
+    let two_k = f32::from_bits(((k + 127) as u32) << 23);
+    let v = two_k.mul_add(em, two_k - 1.0);
+    if x > 88.0 {
+        f32::INFINITY
+    } else {
+        v
+    }
+}
+
+/// `ln(1 + x)` for an `f32`, with a small relative error near 0 as well: `u = 1 + x` rounded,
+/// then `ln u + (x - (u - 1)) / u`, the second term correcting the rounding of `u` (exact:
+/// `u - 1` and `x - (u - 1)` round nothing). For `x > -1 + 2^-24` (where `u` is a positive
+/// normal number) and finite.
+#[inline(always)]
+pub(crate) fn log1p_f32(x: f32) -> f32 {
+    let u = 1.0 + x;
+    let c = x - (u - 1.0);
+    ln_f32_normal(u) + c / u
 }
 
 /// `e^x` for an `f64` (at most 2 ulp; see the module docs).
@@ -337,6 +413,39 @@ mod tests {
             }
         }
         assert!(worst <= 2.0, "worst {worst} ulp");
+    }
+
+    /// Distance in `f32` ulps (of `want`, rounded to `f32`) from `got` to the exact `want`.
+    fn ulps32(got: f32, want: f64) -> f64 {
+        let w = (want.abs() as f32).max(f32::MIN_POSITIVE);
+        let ulp = (f32::from_bits(w.to_bits() + 1) - w) as f64;
+        (got as f64 - want).abs() / ulp
+    }
+
+    #[test]
+    fn expm1_and_log1p_are_within_two_ulp() {
+        let (mut e, mut l) = (0.0f64, 0.0f64);
+        for (i, bits) in randoms(2_000_000, 777).enumerate() {
+            let u = (bits >> 11) as f64 / (1u64 << 53) as f64;
+            // Near 0 on a log scale, and over the whole range.
+            let small = (if i % 4 == 0 { -1.0 } else { 1.0 }) * (-40.0 * u).exp2();
+            let x = if i % 2 == 0 { small } else { u * 118.0 - 30.0 } as f32;
+            e = e.max(ulps32(expm1_f32(x), (x as f64).exp_m1()));
+            let y = if i % 2 == 0 {
+                small
+            } else {
+                (u * 70.0 - 24.0).exp2() - 1.0
+            } as f32;
+            if y > -1.0 + f32::EPSILON {
+                l = l.max(ulps32(log1p_f32(y), (y as f64).ln_1p()));
+            }
+        }
+        assert!(e <= 2.0, "expm1_f32: worst {e} ulp");
+        assert!(l <= 2.0, "log1p_f32: worst {l} ulp");
+        assert_eq!(expm1_f32(f32::INFINITY), f32::INFINITY);
+        assert_eq!(expm1_f32(89.0), f32::INFINITY);
+        assert!(expm1_f32(f32::NAN).is_nan());
+        assert_eq!(log1p_f32(0.0), 0.0);
     }
 
     #[test]

@@ -591,7 +591,7 @@ pub(crate) fn tree_sum_of_tasks<S: Default>(
 
 /// The fixed pairwise tree: the sum over `lo..hi` is the sum over the first half plus the sum
 /// over the second.
-fn tree(lo: usize, hi: usize, leaf: &mut impl FnMut(usize) -> f64) -> f64 {
+pub(crate) fn tree(lo: usize, hi: usize, leaf: &mut impl FnMut(usize) -> f64) -> f64 {
     match hi - lo {
         0 => 0.0,
         1 => leaf(lo),

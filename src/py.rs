@@ -13,7 +13,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use numpy::ndarray::{ArrayViewD, IxDyn};
+use numpy::ndarray::{ArrayViewD, ArrayViewMutD, IxDyn};
 use numpy::npyffi::{get_type_object, NpyTypes, PY_ARRAY_API};
 use numpy::{
     Element, PyArrayDescr, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn,
@@ -351,6 +351,203 @@ fn terms_and_grad(
     })
 }
 
+/// An element type of logits as NumPy holds it: `f32`, `f64`, or the `uint16` bits of a
+/// bfloat16 or float16 value.
+trait PyLogit: crate::Logit {
+    /// The NumPy element type of its arrays.
+    type Np: Element;
+    /// A view of those arrays as this type (the same memory).
+    fn view(v: ArrayViewD<'_, Self::Np>) -> ArrayViewD<'_, Self>;
+    /// A mutable view likewise.
+    fn view_mut(v: ArrayViewMutD<'_, Self::Np>) -> ArrayViewMutD<'_, Self>;
+}
+
+macro_rules! py_logit {
+    ($t:ty, $np:ty, $how:literal) => {
+        impl PyLogit for $t {
+            type Np = $np;
+            fn view(v: ArrayViewD<'_, $np>) -> ArrayViewD<'_, $t> {
+                // SAFETY: `$t` is `$np` itself or a `repr(transparent)` wrapper of it ($how):
+                // the same size, alignment and valid bit patterns; the view keeps the borrow.
+                unsafe { v.raw_view().cast::<$t>().deref_into_view() }
+            }
+            fn view_mut(mut v: ArrayViewMutD<'_, $np>) -> ArrayViewMutD<'_, $t> {
+                // SAFETY: as above, and the mutable borrow moves into the new view.
+                unsafe { v.raw_view_mut().cast::<$t>().deref_into_view_mut() }
+            }
+        }
+    };
+}
+py_logit!(f32, f32, "itself");
+py_logit!(f64, f64, "itself");
+py_logit!(crate::Bf16, u16, "a wrapper");
+py_logit!(crate::F16, u16, "a wrapper");
+
+/// What a call of [`logits`] asks for, less the arrays.
+struct LogitsCall<'a> {
+    loss: crate::LogitsLoss<'a>,
+    reduction: Option<crate::LogitsReduction>,
+    grad_output: f64,
+}
+
+/// [`logits`] for student logits of `S` and teacher logits of `T`.
+#[allow(clippy::too_many_arguments)]
+fn logits_of<S: PyLogit, T: PyLogit<C = S::C>>(
+    py: Python<'_>,
+    student: &Bound<'_, PyAny>,
+    teacher: &Bound<'_, PyAny>,
+    call: LogitsCall<'_>,
+    rows_out: Option<&Bound<'_, PyAny>>,
+    grad: Option<&Bound<'_, PyAny>>,
+    grad_rows: Option<&Bound<'_, PyAny>>,
+) -> PyResult<f64> {
+    let (s, t): (In<'_, S::Np>, In<'_, T::Np>) = (student.extract()?, teacher.extract()?);
+    let mut rows: Option<Out<'_, f64>> = rows_out.map(|a| a.extract()).transpose()?;
+    let mut g: Option<Out<'_, S::Np>> = grad.map(|a| a.extract()).transpose()?;
+    let go: Option<In<'_, f64>> = grad_rows.map(|a| a.extract()).transpose()?;
+    let (s, t) = (S::view(s.as_array()), T::view(t.as_array()));
+    let rows = match rows.as_mut() {
+        Some(r) => Some(r.as_slice_mut().map_err(|_| {
+            PyValueError::new_err("kldiv: the rows' losses go to a contiguous array")
+        })?),
+        None => None,
+    };
+    let incoming = match &go {
+        Some(a) => crate::logits::GradOutput::Rows(a.as_array()),
+        None => crate::logits::GradOutput::Scalar(call.grad_output),
+    };
+    let grad = g
+        .as_mut()
+        .map(|g| (S::view_mut(g.as_array_mut()), incoming));
+    run(py, || {
+        crate::logits::logits_loss(s, t, &call.loss, call.reduction, rows, grad)
+    })
+}
+
+/// A loss from logits (see the crate's `logits` module), in float64, not rounded: the reduced
+/// loss, or for `reduction="none"` the rows' `w_i L_i` written into `rows_out` (and their
+/// sum returned). With `grad`, the gradient with respect to the student's logits for an
+/// incoming gradient of `grad_output` (`grad_rows`, one a row, for "none") is written into
+/// it. Kinds are "float32", "float64", "bfloat16" or "float16" (the last two as `uint16`
+/// arrays of their bits); the student's and the teacher's must compute in one type.
+#[pyfunction]
+#[pyo3(signature = (student, student_kind, teacher, teacher_kind, divergence, beta,
+    temperature, labels, ignore_index, weights, reduction, rows_out, grad, grad_output,
+    grad_rows))]
+#[allow(clippy::too_many_arguments)]
+fn logits(
+    py: Python<'_>,
+    student: &Bound<'_, PyAny>,
+    student_kind: &str,
+    teacher: &Bound<'_, PyAny>,
+    teacher_kind: &str,
+    divergence: &str,
+    beta: f64,
+    temperature: f64,
+    labels: Option<&Bound<'_, PyAny>>,
+    ignore_index: i64,
+    weights: Option<&Bound<'_, PyAny>>,
+    reduction: &str,
+    rows_out: Option<&Bound<'_, PyAny>>,
+    grad: Option<&Bound<'_, PyAny>>,
+    grad_output: f64,
+    grad_rows: Option<&Bound<'_, PyAny>>,
+) -> PyResult<f64> {
+    use crate::{Bf16, LogitsReduction, F16};
+    let divergence = divergence_of(divergence, beta)?;
+    let reduction = match reduction {
+        "none" => None,
+        "sum" => Some(LogitsReduction::Sum),
+        "mean" => Some(LogitsReduction::Mean),
+        "batchmean" => Some(LogitsReduction::BatchMean),
+        other => return Err(py_error(Error::Reduction(other.to_string()))),
+    };
+    let labels: Option<In<'_, i64>> = labels.map(|a| a.extract()).transpose()?;
+    let weights: Option<In<'_, f64>> = weights.map(|a| a.extract()).transpose()?;
+    let mut loss = crate::LogitsLoss::new(divergence).temperature(temperature);
+    if let Some(l) = &labels {
+        loss = loss.labels(l.as_array(), ignore_index);
+    }
+    if let Some(w) = &weights {
+        loss = loss.weights(w.as_array());
+    }
+    let call = LogitsCall {
+        loss,
+        reduction,
+        grad_output,
+    };
+    let (s, t) = (student, teacher);
+    macro_rules! go {
+        ($s:ty, $t:ty) => {
+            logits_of::<$s, $t>(py, s, t, call, rows_out, grad, grad_rows)
+        };
+    }
+    match (student_kind, teacher_kind) {
+        ("float64", "float64") => go!(f64, f64),
+        ("float32", "float32") => go!(f32, f32),
+        ("float32", "bfloat16") => go!(f32, Bf16),
+        ("float32", "float16") => go!(f32, F16),
+        ("bfloat16", "float32") => go!(Bf16, f32),
+        ("bfloat16", "bfloat16") => go!(Bf16, Bf16),
+        ("bfloat16", "float16") => go!(Bf16, F16),
+        ("float16", "float32") => go!(F16, f32),
+        ("float16", "bfloat16") => go!(F16, Bf16),
+        ("float16", "float16") => go!(F16, F16),
+        (a, b) => Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "logits of kinds {a} and {b} do not compute in one type (float64 goes with float64)"
+        ))),
+    }
+}
+
+/// The divergence a name and β mean (the names `kldiv._logits` passes).
+fn divergence_of(name: &str, beta: f64) -> PyResult<crate::Divergence> {
+    use crate::Divergence;
+    Ok(match name {
+        "forward" => Divergence::Forward,
+        "reverse" => Divergence::Reverse,
+        "jsd" => Divergence::Jsd(beta),
+        "cross_entropy" => Divergence::CrossEntropy,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown divergence {other:?}"
+            )))
+        }
+    })
+}
+
+/// Every check of a loss from logits that does not read the data (shapes, temperature, β), for
+/// the PyTorch composite that computes where the kernels do not; returns the rows' shape.
+#[pyfunction]
+#[pyo3(signature = (student, teacher, labels, weights, temperature, divergence, beta))]
+fn logits_check(
+    student: Vec<usize>,
+    teacher: Vec<usize>,
+    labels: Option<Vec<usize>>,
+    weights: Option<Vec<usize>>,
+    temperature: f64,
+    divergence: &str,
+    beta: f64,
+) -> PyResult<Vec<usize>> {
+    crate::logits::check_call(
+        &student,
+        &teacher,
+        labels.as_deref(),
+        weights.as_deref(),
+        temperature,
+        divergence_of(divergence, beta)?,
+    )
+    .map_err(py_error)
+}
+
+/// The shape of a loss from logits' gradient for logits of these shapes (the rows broadcast,
+/// then the vocabulary), or the crate's `ValueError`.
+#[pyfunction]
+fn logits_shape(student: Vec<usize>, teacher: Vec<usize>) -> PyResult<Vec<usize>> {
+    let (mut shape, vocab) = crate::logits::rows_of(&student, &teacher).map_err(py_error)?;
+    shape.push(vocab);
+    Ok(shape)
+}
+
 /// What `reduction` divides the sum by for an input and a target of these shapes
 /// ([`Reduction::divisor`]; 1 for "none"). Raises the error of an unknown reduction.
 #[pyfunction]
@@ -582,6 +779,9 @@ fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(backward, m)?)?;
     m.add_function(wrap_pyfunction!(sum_and_grad, m)?)?;
     m.add_function(wrap_pyfunction!(terms_and_grad, m)?)?;
+    m.add_function(wrap_pyfunction!(logits, m)?)?;
+    m.add_function(wrap_pyfunction!(logits_shape, m)?)?;
+    m.add_function(wrap_pyfunction!(logits_check, m)?)?;
     m.add_function(wrap_pyfunction!(empty, m)?)?;
     m.add_function(wrap_pyfunction!(divisor, m)?)?;
     m.add_function(wrap_pyfunction!(check_reduction, m)?)?;

@@ -11,6 +11,7 @@ parallel, with float64 accumulation and the same bits for every thread count and
 """
 
 from ._kldiv import __version__
+from ._logits import jsd_logits, jsd_logits_and_grad, kl_div_logits, kl_div_logits_and_grad
 from ._loss import (
     MAX_THREADS,
     REDUCTIONS,
@@ -30,9 +31,13 @@ __all__ = [
     "KLDivLoss",
     "__version__",
     "get_num_threads",
+    "jsd_logits",
+    "jsd_logits_and_grad",
     "kl_div",
     "kl_div_and_grad",
     "kl_div_backward",
+    "kl_div_logits",
+    "kl_div_logits_and_grad",
     "set_num_threads",
     "simd_level",
 ]

@@ -70,6 +70,32 @@ def check_reduction(reduction: object) -> None:
 def broadcast_shape(input: tuple[int, ...], target: tuple[int, ...]) -> list[int]:
     """The broadcast shape, or ValueError naming both shapes."""
 
+def logits(
+    student: npt.NDArray[np.generic],
+    student_kind: str,
+    teacher: npt.NDArray[np.generic],
+    teacher_kind: str,
+    divergence: str,
+    beta: float,
+    temperature: float,
+    labels: npt.NDArray[np.int64] | None,
+    ignore_index: int,
+    weights: npt.NDArray[np.float64] | None,
+    reduction: str,
+    rows_out: npt.NDArray[np.float64] | None,
+    grad: npt.NDArray[np.generic] | None,
+    grad_output: float,
+    grad_rows: npt.NDArray[np.float64] | None,
+) -> float:
+    """A loss from logits in float64, not rounded: the reduced loss, or for "none" the rows'
+    ``w_i L_i`` written into ``rows_out`` (their sum returned). With ``grad``, the gradient with
+    respect to the student's logits for ``grad_output`` (``grad_rows`` for "none") is written
+    into it. Kinds: "float32", "float64", "bfloat16", "float16" (the last two as uint16 bits);
+    divergence: "forward", "reverse", "jsd" (with ``beta``), "cross_entropy"."""
+
+def logits_shape(student: tuple[int, ...], teacher: tuple[int, ...]) -> list[int]:
+    """The gradient's shape for logits of these shapes, or ValueError naming both."""
+
 def set_num_threads(n: int) -> None:
     """Raises ValueError above MAX_THREADS, RuntimeError if the threads do not start."""
 

@@ -1,0 +1,648 @@
+//! One row of a loss from logits: its softmaxes, its loss and its gradient.
+//!
+//! `f32` rows take a vectorised path in `f32`, with `f64` where `f32` rounding would show: the
+//! sums (in `f64` lanes), each element's `d = t - s` (from the logits' difference, exact in
+//! `f64`), the largest terms of the softmax sums, and the elements the `f32` path would not get
+//! to within a few ulp, which are redone on the exact path: those with a probability above
+//! [`BIG`] or below [`TINY`] on either side, and JSD elements with `|d|` above [`JSD_MAX_D`].
+//! `f64` rows take the exact path for every element. Each element's place (lane, order) is
+//! fixed, so the bits do not depend on the SIMD level.
+
+use std::any::TypeId;
+
+use super::Divergence;
+use crate::float::Float;
+use crate::math::{exp_f32_unit, exp_f64, expm1_f32, ln_f64, log1p_f32};
+use crate::reduce::{fold_lanes, Lanes, LANES};
+use crate::runs::prefetch_l2;
+use crate::simd::Kernel;
+
+/// Elements with `e^((z - max) / T)` below this (`2^-80`) on either side are redone exactly:
+/// a probability that is tiny or 0 (a masked entry), where a term must be exactly 0 and
+/// `P expm1(-d)` could overflow.
+const TINY: f32 = f32::from_bits((127 - 80) << 23);
+
+/// Elements with a probability above this (`2^-10`) on either side are redone exactly, and
+/// their `e^((z - max) / T)` is summed again in `f64`. Below it the `f32` path's errors (a
+/// few ulp of a probability, `|z - max| / T` ulp from rounding the argument of `exp`) stay
+/// under `1e-9` in a gradient; above it, they would show in a gradient of 4 ulp or in a
+/// log-sum-exp that every element depends on. At most 1024 elements a side are above it.
+const BIG: f32 = f32::from_bits((127 - 10) << 23);
+
+/// A row takes the exact path for every element (in loops over the whole row, which
+/// vectorise) where more than one element in this many would: gathering them one by one would
+/// cost more.
+const DENSE: usize = 16;
+
+/// JSD elements with `|d|` above this are redone exactly (where `β expm1(d)` leaves `f32`).
+const JSD_MAX_D: f32 = 20.0;
+
+/// The largest element of a row (NaNs ignored: they reach the sums), in four vectors of
+/// lanes so that the maxima do not wait on each other.
+#[inline(always)]
+fn row_max<C: Float>(z: &[C]) -> C {
+    let lowest = C::from_f64(f64::NEG_INFINITY);
+    let mut m = [lowest; 4 * LANES];
+    let mut chunks = z.chunks_exact(4 * LANES);
+    for c in &mut chunks {
+        for j in 0..4 * LANES {
+            m[j] = if c[j] > m[j] { c[j] } else { m[j] };
+        }
+    }
+    for (j, &v) in chunks.remainder().iter().enumerate() {
+        m[j] = if v > m[j] { v } else { m[j] };
+    }
+    m.iter().fold(lowest, |x, &y| if y > x { y } else { x })
+}
+
+/// The lanes of a row's sum: element `i` into lane `i % LANES`, each lane in order (see
+/// `crate::reduce`), over whole chunks so that it vectorises.
+#[inline(always)]
+fn sum_lanes<C: Float>(v: &[C]) -> Lanes {
+    let mut acc = [0.0; LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
+        for j in 0..LANES {
+            acc[j] += c[j].to_f64();
+        }
+    }
+    for (j, x) in chunks.remainder().iter().enumerate() {
+        acc[j] += x.to_f64();
+    }
+    acc
+}
+
+/// Pushes `base + j` for each `j` where `hit(v[j])` (a chunk of at most 16), in order: a
+/// mask made with one vector compare, then one step per hit.
+#[inline(always)]
+fn push_hits<T: Copy>(idx: &mut Vec<u32>, base: usize, v: &[T], hit: impl Fn(T) -> bool) {
+    let mut m = 0u32;
+    for (j, &x) in v.iter().enumerate() {
+        m |= (hit(x) as u32) << j;
+    }
+    while m != 0 {
+        idx.push((base + m.trailing_zeros() as usize) as u32);
+        m &= m - 1;
+    }
+}
+
+/// Pushes the indices of `v`'s elements where `hit` holds, in order.
+#[inline(always)]
+fn hits<T: Copy>(idx: &mut Vec<u32>, v: &[T], hit: impl Fn(T) -> bool + Copy) {
+    let mut chunks = v.chunks_exact(16);
+    for (c, chunk) in (&mut chunks).enumerate() {
+        let chunk: &[T; 16] = chunk.try_into().expect("16 elements");
+        // Most chunks have no hit: one vector compare and a test.
+        if chunk.iter().fold(false, |any, &x| any | hit(x)) {
+            push_hits(idx, c * 16, chunk, hit);
+        }
+    }
+    push_hits(
+        idx,
+        v.len() - chunks.remainder().len(),
+        chunks.remainder(),
+        hit,
+    );
+}
+
+/// One side of a row: `lse = ln Σ e^(z/T)` and, on the `f32` path, `1 / Σ u` with each
+/// `u = e^((z - max)/T)` written out, so that an element's probability is `u / Σ u`.
+struct Side {
+    lse: f64,
+    inv_sum: f32,
+    /// Whether the row takes the exact path (see [`DENSE`]).
+    dense: bool,
+}
+
+/// [`Side`] of a row of `f32` logits: the maximum, then `u` in `f32` and its sum in `f64`
+/// lanes, then the `u` above [`BIG`] times that sum summed again in `f64`. NaN for a row
+/// holding a NaN or only -inf.
+#[inline(always)]
+fn softmax_f32(z: &[f32], k: f64, u: &mut [f32], g: &mut Gathered<'_>, next: Next) -> Side {
+    let max = row_max(z);
+    let k32 = k as f32;
+    let u = &mut u[..z.len()];
+    // In pieces of 8 cache lines, each after the prefetches of its share of the next row.
+    let lines = z.len().div_ceil(16).max(1);
+    for (p, (uc, zc)) in u.chunks_mut(128).zip(z.chunks(128)).enumerate() {
+        for l in 0..8 {
+            next.line(p * 8 + l, lines);
+        }
+        for (e, &v) in uc.iter_mut().zip(zc) {
+            *e = exp_f32_unit((v - max) * k32);
+        }
+    }
+    let mut sum = fold_lanes(&sum_lanes(u));
+    // The largest terms again in f64, gathered (then one loop that vectorises); where they
+    // are many (small vocabularies, flat rows), the row takes the exact path.
+    let big = (sum * BIG as f64) as f32;
+    let count = u.iter().filter(|&&e| e > big).count();
+    if count * DENSE > z.len() {
+        return Side {
+            lse: lse_exact(z, k, g.a),
+            inv_sum: 0.0,
+            dense: true,
+        };
+    }
+    let (idx, x) = (&mut *g.idx, &mut *g.a);
+    idx.clear();
+    hits(idx, u, |e| e > big);
+    x.clear();
+    x.extend(idx.iter().map(|&v| (z[v as usize] as f64 - max as f64) * k)); // exact difference
+    for e in x.iter_mut() {
+        *e = exp_f64(*e);
+    }
+    let fix: f64 = idx
+        .iter()
+        .zip(x.iter())
+        .map(|(&v, &e)| e - u[v as usize] as f64)
+        .sum();
+    sum += fix;
+    Side {
+        lse: max as f64 * k + ln_f64(sum),
+        inv_sum: (1.0 / sum) as f32,
+        dense: false,
+    }
+}
+
+/// The memory of the row that the thread likely computes next (the rows of a claim are
+/// consecutive: `crate::parallel::for_each_task`), brought into L2 while this row computes, so
+/// that its first pass does not wait on memory.
+#[derive(Clone, Copy)]
+pub(super) struct Next {
+    pub(super) ptr: *const u8,
+    pub(super) bytes: usize,
+}
+
+impl Next {
+    /// No next row.
+    pub(super) const NONE: Next = Next {
+        ptr: std::ptr::null(),
+        bytes: 0,
+    };
+
+    /// Prefetches line `i` of `lines`, spread over the next row.
+    #[inline(always)]
+    fn line(self, i: usize, lines: usize) {
+        if i < lines && self.bytes > 0 {
+            prefetch_l2(self.ptr.wrapping_add(i * self.bytes / lines));
+        }
+    }
+}
+
+/// `ln Σ e^(z/T)` of a row, in `f64` throughout (the exact path); `buf` is scratch.
+#[inline(always)]
+fn lse_exact<C: Float>(z: &[C], k: f64, buf: &mut Vec<f64>) -> f64 {
+    let max = row_max(z).to_f64();
+    buf.clear();
+    buf.extend(z.iter().map(|&v| v.to_f64()));
+    for e in buf.iter_mut() {
+        *e = exp_f64((*e - max) * k); // the difference is exact
+    }
+    max * k + ln_f64(fold_lanes(&sum_lanes(buf)))
+}
+
+/// `d = t - s = (z_t - z_s) / T - (lse_t - lse_s)`: the logits' difference is exact in `f64`.
+#[inline(always)]
+fn d_of(zs: f64, zt: f64, k: f64, c: f64) -> f64 {
+    (zt - zs).mul_add(k, -c)
+}
+
+/// The exact path's constants of a row: element by element in `f64`.
+#[derive(Clone, Copy)]
+struct Exact {
+    k: f64,
+    lse_s: f64,
+    lse_t: f64,
+}
+
+impl Exact {
+    /// `(Q, P, d)` of an element with logits `zs`, `zt`.
+    #[inline(always)]
+    fn at(self, zs: f64, zt: f64) -> (f64, f64, f64) {
+        let ls = zs.mul_add(self.k, -self.lse_s);
+        let lt = zt.mul_add(self.k, -self.lse_t);
+        let d = d_of(zs, zt, self.k, self.lse_t - self.lse_s);
+        (exp_f64(ls), exp_f64(lt), d)
+    }
+
+    /// `(term, Q (s - m), Q, s - m)` of a JSD element (see the table of `super`). `s - m` and
+    /// `t - m` come from the ratio `P/Q = e^d`, so that they are exact where `P` or `Q`
+    /// underflows: `-ln(β e^d + 1 - β)` and `d` more for `d <= 0`, `-ln(β + (1 - β) e^-d)` and
+    /// `d` less above.
+    #[inline(always)]
+    fn jsd(self, zs: f64, zt: f64, beta: f64) -> (f64, f64, f64, f64) {
+        let (q, p, d) = self.at(zs, zt);
+        let e = exp_f64(-d.abs());
+        let up = d > 0.0;
+        let l = -ln_f64(if up {
+            beta + (1.0 - beta) * e
+        } else {
+            beta * e + (1.0 - beta)
+        });
+        let (sm, tm) = if up { (l - d, l) } else { (l, d + l) };
+        let tp = if p == 0.0 { 0.0 } else { beta * p * tm };
+        let kq = if q == 0.0 { 0.0 } else { q * sm };
+        (tp + (1.0 - beta) * kq, kq, q, sm)
+    }
+}
+
+/// The elements of a row on the exact path, gathered: their indices and their logits, then
+/// what each divergence computes of them (in loops over the gathered values, which
+/// vectorise). Scratch of the thread.
+pub(super) struct Gathered<'a> {
+    pub(super) idx: &'a mut Vec<u32>,
+    pub(super) a: &'a mut Vec<f64>,
+    pub(super) b: &'a mut Vec<f64>,
+    pub(super) c: &'a mut Vec<f64>,
+    pub(super) d: &'a mut Vec<f64>,
+}
+
+impl Gathered<'_> {
+    /// Gathers the elements `idx` of `s` and `t` into `a` and `b` (every element, in order,
+    /// with `idx` empty, if `dense`).
+    fn gather<C: Float>(&mut self, s: &[C], t: &[C], dense: bool) {
+        let m = if dense { s.len() } else { self.idx.len() };
+        for v in [&mut *self.a, &mut *self.b, &mut *self.c, &mut *self.d] {
+            v.resize(m, 0.0);
+        }
+        if dense {
+            self.idx.clear();
+            for (a, &v) in self.a.iter_mut().zip(s) {
+                *a = v.to_f64();
+            }
+            for (b, &v) in self.b.iter_mut().zip(t) {
+                *b = v.to_f64();
+            }
+        } else {
+            for (i, &v) in self.idx.iter().enumerate() {
+                self.a[i] = s[v as usize].to_f64();
+                self.b[i] = t[v as usize].to_f64();
+            }
+        }
+    }
+}
+
+/// The row index of gathered element `i` (see [`Gathered::gather`]).
+#[inline(always)]
+fn at(idx: &[u32], i: usize) -> usize {
+    if idx.is_empty() {
+        i
+    } else {
+        idx[i] as usize
+    }
+}
+
+/// `s` as `f32`s where `C` is `f32` (the vectorised path's rows).
+fn as_f32<C: Float>(s: &[C]) -> Option<&[f32]> {
+    // SAFETY: `C` is `f32` itself: the same slice, retyped to what it is.
+    (TypeId::of::<C>() == TypeId::of::<f32>())
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) })
+}
+
+/// `s` as mutable `f32`s where `C` is `f32`.
+fn as_f32_mut<C: Float>(s: &mut [C]) -> Option<&mut [f32]> {
+    // SAFETY: as in `as_f32`; the mutable borrow moves into the result.
+    (TypeId::of::<C>() == TypeId::of::<f32>())
+        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) })
+}
+
+/// The vectorised path over a row of `f32` logits, after both softmax sides.
+#[derive(Clone, Copy)]
+struct Fast<'a> {
+    s: &'a [f32],
+    t: &'a [f32],
+    us: &'a [f32],
+    ut: &'a [f32],
+    k: f64,
+    /// `lse_t - lse_s`.
+    c: f64,
+    lse_s: f64,
+    is_s: f32,
+    is_t: f32,
+}
+
+impl<'a> Fast<'a> {
+    /// `(Q, P, d)` of element `i` on this path, and whether it stays on it.
+    #[inline(always)]
+    fn at(&self, i: usize) -> (f32, f32, f64, bool) {
+        let (a, b) = (self.us[i], self.ut[i]);
+        let (q, p) = (a * self.is_s, b * self.is_t);
+        let ok = a >= TINY && b >= TINY && q <= BIG && p <= BIG;
+        let d = d_of(self.s[i] as f64, self.t[i] as f64, self.k, self.c);
+        (q, p, d, ok)
+    }
+
+    /// Forward KL: `Σ P d` (with `CE`, the cross-entropy `-Σ P s`) over the elements it keeps
+    /// (the others flagged in `sums`); with
+    /// `GRAD`, `(Q - P) scale` into `out`, as `Q - P` where `Q > 2P` and as `P expm1(-d)`
+    /// below, where `Q - P` cancels (its error is then that of `P` and `expm1`).
+    #[inline(always)]
+    fn forward<const GRAD: bool, const CE: bool>(
+        &self,
+        out: &mut [f32],
+        sums: &mut Sums<'_>,
+        scale: f32,
+    ) -> f64 {
+        let n = self.s.len();
+        let (out, terms, flags) = (&mut out[..n], &mut sums.terms[..n], &mut sums.flags[..n]);
+        for i in 0..n {
+            let (q, p, d, ok) = self.at(i);
+            if GRAD {
+                let diff = if q > 2.0 * p {
+                    q - p
+                } else {
+                    p * expm1_f32(-d as f32)
+                };
+                out[i] = diff * scale;
+            }
+            // The cross-entropy's term is -P s, s = z_s / T - lse_s.
+            let term = if CE {
+                -(p as f64) * (self.s[i] as f64).mul_add(self.k, -self.lse_s)
+            } else {
+                p as f64 * d
+            };
+            terms[i] = if ok { term } else { 0.0 };
+            flags[i] = !ok as u8;
+        }
+        fold_lanes(&sum_lanes(terms))
+    }
+
+    /// Reverse KL: `-Σ Q d` over the elements it keeps.
+    #[inline(always)]
+    fn reverse(&self, sums: &mut Sums<'_>) -> f64 {
+        let n = self.s.len();
+        let (terms, flags) = (&mut sums.terms[..n], &mut sums.flags[..n]);
+        for i in 0..n {
+            let (q, _, d, ok) = self.at(i);
+            terms[i] = if ok { -(q as f64 * d) } else { 0.0 };
+            flags[i] = !ok as u8;
+        }
+        fold_lanes(&sum_lanes(terms))
+    }
+
+    /// Reverse KL's gradient, `Q (-d - L) scale`, into `out`.
+    #[inline(always)]
+    fn reverse_grad(&self, out: &mut [f32], loss: f64, scale: f32) {
+        let n = self.s.len();
+        let out = &mut out[..n];
+        for (i, o) in out.iter_mut().enumerate() {
+            let d = d_of(self.s[i] as f64, self.t[i] as f64, self.k, self.c);
+            *o = self.us[i] * self.is_s * (-d - loss) as f32 * scale;
+        }
+    }
+
+    /// JSD: the loss and `K = -Σ Q φ` over the elements it keeps, with `φ = m - s =
+    /// log1p(β expm1(d))` written into `phi`.
+    #[inline(always)]
+    fn jsd(&self, phi: &mut [f32], sums: &mut Sums<'_>, beta: f64) -> (f64, f64) {
+        let n = self.s.len();
+        let b32 = beta as f32;
+        let (phi, terms, kterms, flags) = (
+            &mut phi[..n],
+            &mut sums.terms[..n],
+            &mut sums.kterms[..n],
+            &mut sums.flags[..n],
+        );
+        for i in 0..n {
+            let (q, p, d, ok) = self.at(i);
+            let d32 = d as f32;
+            let ok = ok && d32.abs() <= JSD_MAX_D;
+            let f = log1p_f32(b32 * expm1_f32(d32));
+            let (q, p, f64_) = (q as f64, p as f64, f as f64);
+            let term = beta * p * (d - f64_) - (1.0 - beta) * q * f64_;
+            phi[i] = f;
+            terms[i] = if ok { term } else { 0.0 };
+            kterms[i] = if ok { -(q * f64_) } else { 0.0 };
+            flags[i] = !ok as u8;
+        }
+        (
+            fold_lanes(&sum_lanes(terms)),
+            fold_lanes(&sum_lanes(kterms)),
+        )
+    }
+
+    /// JSD's gradient, `(1-β) Q (-φ - K) scale`, into `out`.
+    #[inline(always)]
+    fn jsd_grad(&self, out: &mut [f32], phi: &[f32], kk: f64, beta: f64, scale: f32) {
+        let n = self.s.len();
+        let (out, phi) = (&mut out[..n], &phi[..n]);
+        let (k32, w) = (kk as f32, (1.0 - beta) as f32);
+        for i in 0..n {
+            out[i] = w * (self.us[i] * self.is_s) * (-phi[i] - k32) * scale;
+        }
+    }
+}
+
+/// The fast path's per-element terms (`f64`, and a second for JSD's `K`) and the flags of
+/// the elements redone on the exact path: scratch rows of the thread.
+pub(super) struct Sums<'a> {
+    pub(super) terms: &'a mut [f64],
+    pub(super) kterms: &'a mut [f64],
+    pub(super) flags: &'a mut [u8],
+}
+
+/// One row of a loss from logits, as a [`Kernel`]: its loss `L` (unweighted), and with a
+/// `grad_scale` its gradient times that scale (the row's weight times the incoming gradient over
+/// the divisor; `1/T` is applied here) into `out`. `us`, `ut`, `tmp`, `sums`, `gathered` (and
+/// `out` without a gradient) are scratch.
+pub(super) struct RowKernel<'a, C> {
+    pub(super) s: &'a [C],
+    pub(super) t: &'a [C],
+    pub(super) us: &'a mut [C],
+    pub(super) ut: &'a mut [C],
+    pub(super) tmp: &'a mut [C],
+    pub(super) out: &'a mut [C],
+    pub(super) sums: Sums<'a>,
+    pub(super) gathered: Gathered<'a>,
+    pub(super) inv_t: f64,
+    pub(super) divergence: Divergence,
+    pub(super) grad_scale: Option<f64>,
+    /// The next rows of the student and the teacher.
+    pub(super) next: [Next; 2],
+}
+
+impl<C: Float> Kernel for RowKernel<'_, C> {
+    type Output = f64;
+    fn log_target(&self) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn run<const LOG_TARGET: bool>(self) -> f64 {
+        match self.grad_scale {
+            Some(g) => {
+                let scale = g * self.inv_t;
+                row::<C, true>(self, scale)
+            }
+            None => row::<C, false>(self, 0.0),
+        }
+    }
+}
+
+/// [`RowKernel`]'s work; with `GRAD`, the gradient times `scale` goes to `out`.
+#[inline(always)]
+fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 {
+    let RowKernel {
+        s,
+        t,
+        us,
+        ut,
+        tmp,
+        out,
+        mut sums,
+        gathered: mut g,
+        inv_t: k,
+        divergence,
+        next,
+        ..
+    } = kernel;
+    let n = s.len();
+    let f32_rows = "the vectorised path's rows are f32";
+    let sides = match (as_f32(s), as_f32(t)) {
+        (Some(fs), Some(ft)) => Some((
+            softmax_f32(fs, k, as_f32_mut(us).expect(f32_rows), &mut g, next[0]),
+            softmax_f32(ft, k, as_f32_mut(ut).expect(f32_rows), &mut g, next[1]),
+        )),
+        _ => None,
+    };
+    let (us, ut) = (&*us, &*ut);
+    let (lse_s, lse_t) = match &sides {
+        Some((ss, st)) => (ss.lse, st.lse),
+        None => (lse_exact(s, k, g.a), lse_exact(t, k, g.a)),
+    };
+    let exact = Exact { k, lse_s, lse_t };
+    let fast = match sides {
+        Some((ss, st)) if !ss.dense && !st.dense => Some(Fast {
+            s: as_f32(s).expect(f32_rows),
+            t: as_f32(t).expect(f32_rows),
+            us: as_f32(us).expect(f32_rows),
+            ut: as_f32(ut).expect(f32_rows),
+            k,
+            c: lse_t - lse_s,
+            lse_s,
+            is_s: ss.inv_sum,
+            is_t: st.inv_sum,
+        }),
+        _ => None,
+    };
+    let scale32 = scale as f32;
+    // After the fast path, the elements it leaves to the exact path, gathered into `g`: all
+    // of them, and nothing of the fast path counted, where they are many or there was none.
+    let gather = |g: &mut Gathered<'_>, flags: Option<&[u8]>| -> bool {
+        let dense = match flags {
+            Some(f) => f[..n].iter().map(|&x| x as usize).sum::<usize>() * DENSE > n,
+            None => true,
+        };
+        if !dense {
+            g.idx.clear();
+            hits(g.idx, &flags.expect("not dense")[..n], |f| f != 0);
+        }
+        g.gather(s, t, dense);
+        !dense
+    };
+    let sum = |v: &[f64]| fold_lanes(&sum_lanes(v));
+    match divergence.normalized() {
+        div @ (Divergence::Forward | Divergence::CrossEntropy) => {
+            let ce = div == Divergence::CrossEntropy;
+            let mut lanes = 0.0;
+            if let Some(f) = &fast {
+                let out = as_f32_mut(out).expect(f32_rows);
+                let l = if ce {
+                    f.forward::<GRAD, true>(out, &mut sums, scale32)
+                } else {
+                    f.forward::<GRAD, false>(out, &mut sums, scale32)
+                };
+                if gather(&mut g, Some(sums.flags)) {
+                    lanes = l;
+                }
+            } else {
+                gather(&mut g, None);
+            }
+            let (a, b) = (&mut g.a[..], &mut g.b[..]);
+            for (x, y) in a.iter_mut().zip(b.iter_mut()) {
+                let (q, p, d) = exact.at(*x, *y);
+                // The cross-entropy's term is -P s, s = z_s / T - lse_s.
+                let term = if ce { -p * x.mul_add(k, -lse_s) } else { p * d };
+                (*x, *y) = (if p == 0.0 { 0.0 } else { term }, (q - p) * scale);
+            }
+            if GRAD {
+                for (i, &gv) in g.b.iter().enumerate() {
+                    out[at(&g.idx[..], i)] = C::from_f64(gv);
+                }
+            }
+            lanes + sum(g.a)
+        }
+        Divergence::Reverse => {
+            let mut lanes = 0.0;
+            let mut fast = fast;
+            if let Some(f) = &fast {
+                let l = f.reverse(&mut sums);
+                if gather(&mut g, Some(sums.flags)) {
+                    lanes = l;
+                } else {
+                    fast = None; // every element exact
+                }
+            } else {
+                gather(&mut g, None);
+            }
+            let (a, b, c) = (&mut g.a[..], &mut g.b[..], &mut g.c[..]);
+            for ((x, y), z) in a.iter_mut().zip(b.iter_mut()).zip(c.iter_mut()) {
+                let (q, _, d) = exact.at(*x, *y);
+                (*x, *y, *z) = (if q == 0.0 { 0.0 } else { -(q * d) }, q, d);
+            }
+            let loss = lanes + sum(a);
+            if GRAD {
+                if let Some(f) = &fast {
+                    f.reverse_grad(as_f32_mut(out).expect(f32_rows), loss, scale32);
+                }
+                for i in 0..b.len() {
+                    let (q, d) = (b[i], c[i]);
+                    let gv = if q == 0.0 { 0.0 } else { q * (-d - loss) };
+                    out[at(&g.idx[..], i)] = C::from_f64(gv * scale);
+                }
+            }
+            loss
+        }
+        Divergence::Jsd(beta) => {
+            let (mut lanes, mut klanes) = (0.0, 0.0);
+            let mut fast = fast;
+            if let Some(f) = &fast {
+                let l = f.jsd(as_f32_mut(tmp).expect(f32_rows), &mut sums, beta);
+                if gather(&mut g, Some(sums.flags)) {
+                    (lanes, klanes) = l;
+                } else {
+                    fast = None; // every element exact
+                }
+            } else {
+                gather(&mut g, None);
+            }
+            let (a, b, c, e) = (&mut g.a[..], &mut g.b[..], &mut g.c[..], &mut g.d[..]);
+            let all = a
+                .iter_mut()
+                .zip(b.iter_mut())
+                .zip(c.iter_mut())
+                .zip(e.iter_mut());
+            for (((x, y), z), w) in all {
+                (*x, *y, *z, *w) = exact.jsd(*x, *y, beta);
+            }
+            let loss = lanes + sum(a);
+            let kk = klanes + sum(b);
+            if GRAD {
+                if let Some(f) = &fast {
+                    let phi = as_f32(tmp).expect(f32_rows);
+                    f.jsd_grad(as_f32_mut(out).expect(f32_rows), phi, kk, beta, scale32);
+                }
+                for i in 0..c.len() {
+                    let (q, sm) = (c[i], e[i]);
+                    let gv = if q == 0.0 {
+                        0.0
+                    } else {
+                        (1.0 - beta) * q * (sm - kk)
+                    };
+                    out[at(&g.idx[..], i)] = C::from_f64(gv * scale);
+                }
+            }
+            loss
+        }
+    }
+}
