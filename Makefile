@@ -32,13 +32,18 @@ test-rust:
 	cargo test -j2
 	cargo test -j2 --release --test simd_levels --test soundness
 
-## kldiv.torch against PyTorch, and PyTorch's own kl_div test suites (OpInfo, ModuleInfo,
-## common_nn) run with kldiv.torch in its place: installs PyTorch and expecttest from PyPI into
-## .venv (a large download, kept in pip's cache); if the install fails (no network, no disk),
-## says so loudly and skips only these.
+## kldiv.torch against PyTorch, PyTorch's own kl_div test suites (OpInfo, ModuleInfo,
+## common_nn) run with kldiv.torch in its place, and the distillation drop-ins against TRL and
+## torchtune themselves: installs them and expecttest from PyPI into .venv (a large download,
+## kept in pip's cache); if an install fails (no network, no disk), says so loudly and skips
+## only what needs it.
 test-torch: build-dev
 	@if $(BIN)/python -m pip install -q torch expecttest; then \
-		$(BIN)/python -m pytest -q tests/test_torch.py tests/test_torch_suites.py; \
+		if ! $(BIN)/python -m pip install -q trl torchtune; then \
+			echo "!!! test-torch: TRL/torchtune could not be installed: drop-ins NOT tested !!!" >&2; \
+		fi; \
+		$(BIN)/python -m pytest -q -rs tests/test_torch.py tests/test_torch_suites.py \
+			tests/test_torch_logits.py; \
 	else \
 		echo "!!! test-torch: PyTorch could not be installed: kldiv.torch was NOT tested !!!" >&2; \
 	fi

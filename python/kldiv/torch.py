@@ -36,7 +36,18 @@ from torch.overrides import has_torch_function_variadic
 
 from . import _loss
 
-__all__ = ["KLDivLoss", "kl_div"]
+__all__ = [
+    "ForwardKLLoss",
+    "JSDLogitsLoss",
+    "KLDivLogitsLoss",
+    "KLDivLoss",
+    "ReverseKLLoss",
+    "SymmetricKLLoss",
+    "generalized_jsd_loss",
+    "jsd_logits",
+    "kl_div",
+    "kl_div_logits",
+]
 
 # PyTorch's own function and module, as they are when kldiv.torch is imported: the fallbacks
 # call these, so that code that replaces torch.nn.functional.kl_div with kldiv's still works.
@@ -277,3 +288,16 @@ class KLDivLoss(_TorchKLDivLoss):
     @torch.jit.unused
     def _kldiv(self, input: Tensor, target: Tensor) -> Tensor:
         return kl_div(input, target, reduction=self.reduction, log_target=self.log_target)
+
+
+# Losses from logits and the TRL/torchtune drop-ins (imported last: they use _composite above).
+from ._torch_logits import (  # noqa: E402
+    ForwardKLLoss,
+    JSDLogitsLoss,
+    KLDivLogitsLoss,
+    ReverseKLLoss,
+    SymmetricKLLoss,
+    generalized_jsd_loss,
+    jsd_logits,
+    kl_div_logits,
+)
