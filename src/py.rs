@@ -400,7 +400,7 @@ fn logits_of<S: PyLogit, T: PyLogit<C = S::C>>(
     rows_out: Option<&Bound<'_, PyAny>>,
     grad: Option<&Bound<'_, PyAny>>,
     grad_rows: Option<&Bound<'_, PyAny>>,
-) -> PyResult<f64> {
+) -> PyResult<(f64, f64)> {
     let (s, t): (In<'_, S::Np>, In<'_, T::Np>) = (student.extract()?, teacher.extract()?);
     let mut rows: Option<Out<'_, f64>> = rows_out.map(|a| a.extract()).transpose()?;
     let mut g: Option<Out<'_, S::Np>> = grad.map(|a| a.extract()).transpose()?;
@@ -426,7 +426,7 @@ fn logits_of<S: PyLogit, T: PyLogit<C = S::C>>(
 
 /// A loss from logits (see the crate's `logits` module), in float64, not rounded: the reduced
 /// loss, or for `reduction="none"` the rows' `w_i L_i` written into `rows_out` (and their
-/// sum returned). With `grad`, the gradient with respect to the student's logits for an
+/// sum returned); and the rows' weight `Σ w_i` (see [`logits_reduce`]). With `grad`, the gradient with respect to the student's logits for an
 /// incoming gradient of `grad_output` (`grad_rows`, one a row, for "none") is written into
 /// it. Kinds are "float32", "float64", "bfloat16" or "float16" (the last two as `uint16`
 /// arrays of their bits); the student's and the teacher's must compute in one type.
@@ -452,16 +452,10 @@ fn logits(
     grad: Option<&Bound<'_, PyAny>>,
     grad_output: f64,
     grad_rows: Option<&Bound<'_, PyAny>>,
-) -> PyResult<f64> {
-    use crate::{Bf16, LogitsReduction, F16};
+) -> PyResult<(f64, f64)> {
+    use crate::{Bf16, F16};
     let divergence = divergence_of(divergence, beta)?;
-    let reduction = match reduction {
-        "none" => None,
-        "sum" => Some(LogitsReduction::Sum),
-        "mean" => Some(LogitsReduction::Mean),
-        "batchmean" => Some(LogitsReduction::BatchMean),
-        other => return Err(py_error(Error::Reduction(other.to_string()))),
-    };
+    let reduction = logits_reduction(reduction)?;
     let labels: Option<In<'_, i64>> = labels.map(|a| a.extract()).transpose()?;
     let weights: Option<In<'_, f64>> = weights.map(|a| a.extract()).transpose()?;
     let mut loss = crate::LogitsLoss::new(divergence).temperature(temperature);
@@ -497,6 +491,33 @@ fn logits(
             "logits of kinds {a} and {b} do not compute in one type (float64 goes with float64)"
         ))),
     }
+}
+
+/// A reduction's name as the logits' losses take it (`None`: "none").
+fn logits_reduction(name: &str) -> PyResult<Option<crate::LogitsReduction>> {
+    use crate::LogitsReduction;
+    Ok(match name {
+        "none" => None,
+        "sum" => Some(LogitsReduction::Sum),
+        "mean" => Some(LogitsReduction::Mean),
+        "batchmean" => Some(LogitsReduction::BatchMean),
+        other => return Err(py_error(Error::Reduction(other.to_string()))),
+    })
+}
+
+/// The reduced loss from the sums `Σ w_i L_i` and `Σ w_i` of several calls of [`logits`] with
+/// `reduction="sum"` (the command line's blocks of rows), for a student of `student_shape`.
+#[pyfunction]
+fn logits_reduce(
+    reduction: &str,
+    total: f64,
+    wsum: f64,
+    student_shape: Vec<usize>,
+) -> PyResult<f64> {
+    Ok(match logits_reduction(reduction)? {
+        Some(r) => crate::logits::reduce_sums(r, total, wsum, &student_shape),
+        None => total,
+    })
 }
 
 /// The divergence a name and β mean (the names `kldiv._logits` passes).
@@ -782,6 +803,7 @@ fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(logits, m)?)?;
     m.add_function(wrap_pyfunction!(logits_shape, m)?)?;
     m.add_function(wrap_pyfunction!(logits_check, m)?)?;
+    m.add_function(wrap_pyfunction!(logits_reduce, m)?)?;
     m.add_function(wrap_pyfunction!(empty, m)?)?;
     m.add_function(wrap_pyfunction!(divisor, m)?)?;
     m.add_function(wrap_pyfunction!(check_reduction, m)?)?;

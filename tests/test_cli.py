@@ -521,3 +521,107 @@ def test_sigterm_leaves_no_partial_output(tmp_path):
     p.send_signal(signal.SIGTERM)
     assert p.wait(60) == 128 + signal.SIGTERM
     assert sorted(f.name for f in tmp_path.iterdir()) == ["t.npy", "x.npy"]
+
+
+@pytest.fixture(scope="module")
+def logit_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("logits")
+    g = np.random.default_rng(5)
+    s = (g.standard_normal((40, 3, 257)) * 3).astype(np.float32)
+    t = (s + g.standard_normal(s.shape)).astype(np.float32)
+    labels = g.integers(-1, 4, (40, 3))
+    for name, a in (("s", s), ("t", t), ("labels", labels), ("row", s[0, 0]), ("tr", t[0, 0])):
+        np.save(d / f"{name}.npy", a)
+    np.save(d / "s16.npy", s.astype(np.float16))
+    return d, s, t, labels
+
+
+@pytest.mark.parametrize(
+    "options, call",
+    [
+        ((), lambda s, t, lab: kldiv.kl_div_logits(s, t)),
+        (
+            ("--temperature", "2", "--reverse", "--reduction", "sum"),
+            lambda s, t, lab: kldiv.kl_div_logits(
+                s, t, temperature=2.0, reverse=True, reduction="sum"
+            ),
+        ),
+        (
+            ("--beta", "0.3", "--reduction", "batchmean"),
+            lambda s, t, lab: kldiv.jsd_logits(s, t, beta=0.3, reduction="batchmean"),
+        ),
+        (
+            ("--labels", "{d}/labels.npy", "--ignore-index", "-1"),
+            lambda s, t, lab: kldiv.kl_div_logits(s, t, labels=lab, ignore_index=-1),
+        ),
+    ],
+)
+def test_loss_from_logits_equals_the_in_memory_call(
+    logit_files, monkeypatch, capsys, options, call
+):
+    from kldiv import cli
+
+    d, s, t, labels = logit_files
+    monkeypatch.setattr(cli, "BLOCK_BYTES", 20_000)  # blocks of a few rows: streamed
+    argv = ["loss", "--from-logits", str(d / "s.npy"), str(d / "t.npy")]
+    argv += [o.format(d=d) for o in options]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert float(out) == pytest.approx(float(call(s, t, labels)), rel=1e-6)
+    assert "per row" in err
+
+
+def test_loss_from_logits_writes_each_rows_loss_and_reads_float16(logit_files, tmp_path):
+    d, s, t, labels = logit_files
+    out = tmp_path / "rows.npy"
+    r = run(
+        "loss",
+        "--from-logits",
+        str(d / "s.npy"),
+        str(d / "t.npy"),
+        "--reduction",
+        "none",
+        "--out",
+        str(out),
+        "--temperature",
+        "1.5",
+    )
+    assert r.returncode == 0, r.stderr
+    want = kldiv.kl_div_logits(s, t, temperature=1.5, reduction="none")
+    np.testing.assert_array_equal(np.load(out), want)
+    assert os.listdir(tmp_path) == ["rows.npy"]
+    r = run("loss", "--from-logits", str(d / "s16.npy"), str(d / "t.npy"))
+    assert r.returncode == 0, r.stderr
+    want = kldiv.kl_div_logits(s.astype(np.float16).astype(np.float32), t)
+    assert float(r.stdout) == pytest.approx(float(want), rel=1e-6)
+    r = run("loss", "--from-logits", str(d / "row.npy"), str(d / "tr.npy"), "--reduction", "sum")
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) == pytest.approx(float(kldiv.kl_div_logits(s[0, 0], t[0, 0])), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--labels", "{d}/s.npy"), "labels must be integers"),
+        (("--labels", "{d}/row.npy"), "labels"),
+        (("--temperature", "0"), "temperature must be positive"),
+        (("--beta", "2"), "beta must be in [0, 1]"),
+        (("--beta", "0.5", "--reverse"), "--reverse is for the KL"),
+        (("--log-target",), "--log-target is for probabilities"),
+        (("--reduction", "none"), "give --out"),
+    ],
+)
+def test_loss_from_logits_errors_are_one_line(logit_files, args, message):
+    d, *_ = logit_files
+    r = run(
+        "loss", "--from-logits", str(d / "s.npy"), str(d / "t.npy"), *[a.format(d=d) for a in args]
+    )
+    fails_in_one_line(r, message)
+
+
+def test_logits_options_without_from_logits_are_errors(logit_files):
+    d, *_ = logit_files
+    r = run("loss", str(d / "s.npy"), str(d / "t.npy"), "--temperature", "2")
+    fails_in_one_line(r, "--temperature is for --from-logits")
+    r = run("loss", "--from-logits", str(d / "s.npy"), str(d / "labels.npy"))
+    fails_in_one_line(r, "teacher logits must be float16/32/64")

@@ -86,12 +86,18 @@ def logits(
     grad: npt.NDArray[np.generic] | None,
     grad_output: float,
     grad_rows: npt.NDArray[np.float64] | None,
+) -> tuple[float, float]:
+    """A loss from logits in float64, not rounded, and the rows' weight ``Σ w_i``: the reduced
+    loss, or for "none" the rows' ``w_i L_i`` written into ``rows_out`` (their sum returned).
+    With ``grad``, the gradient with respect to the student's logits for ``grad_output``
+    (``grad_rows`` for "none") is written into it. Kinds: "float32", "float64", "bfloat16",
+    "float16" (the last two as uint16 bits); divergence: "forward", "reverse", "jsd" (with
+    ``beta``), "cross_entropy"."""
+
+def logits_reduce(
+    reduction: str, total: float, wsum: float, student_shape: tuple[int, ...]
 ) -> float:
-    """A loss from logits in float64, not rounded: the reduced loss, or for "none" the rows'
-    ``w_i L_i`` written into ``rows_out`` (their sum returned). With ``grad``, the gradient with
-    respect to the student's logits for ``grad_output`` (``grad_rows`` for "none") is written
-    into it. Kinds: "float32", "float64", "bfloat16", "float16" (the last two as uint16 bits);
-    divergence: "forward", "reverse", "jsd" (with ``beta``), "cross_entropy"."""
+    """The reduced loss from ``Σ w_i L_i`` and ``Σ w_i`` summed over several "sum" calls."""
 
 def logits_shape(student: tuple[int, ...], teacher: tuple[int, ...]) -> list[int]:
     """The gradient's shape for logits of these shapes, or ValueError naming both."""

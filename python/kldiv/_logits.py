@@ -110,10 +110,11 @@ def call(
     grad: npt.NDArray[Any] | None = None,
     grad_output: float = 1.0,
     grad_rows: npt.NDArray[Any] | None = None,
-) -> tuple[float, npt.NDArray[np.float64] | None]:
-    """Runs the kernel: the float64 loss (reduced, or the rows' sum for "none") and the rows'
-    losses for "none"; with ``grad`` (uint16 bits for float16/bfloat16), the gradient for
-    ``grad_output`` (``grad_rows`` for "none") is written into it."""
+) -> tuple[float, npt.NDArray[np.float64] | None, float]:
+    """Runs the kernel: the float64 loss (reduced, or the rows' sum for "none"), the rows'
+    losses for "none", and the rows' weight ``Σ w_i``; with ``grad`` (uint16 bits for
+    float16/bfloat16), the gradient for ``grad_output`` (``grad_rows`` for "none") is
+    written into it."""
     _kldiv.check_reduction(reduction)
     t = _real(temperature, "temperature")
     ignore_index = _ignore_index(ignore_index)
@@ -122,7 +123,7 @@ def call(
     rows = None
     if reduction == "none":
         rows = np.empty(tuple(logits_shape(student, teacher)[:-1]), dtype=np.float64)
-    value = _kldiv.logits(
+    value, wsum = _kldiv.logits(
         student.array,
         student.kind,
         teacher.array,
@@ -139,7 +140,7 @@ def call(
         grad_output,
         grad_rows,
     )
-    return value, rows
+    return value, rows, wsum
 
 
 def logits_shape(student: Logits, teacher: Logits) -> tuple[int, ...]:
@@ -185,7 +186,7 @@ def _run(
     )
     result = np.result_type(s.dtype, t.dtype)
     grad = _grad_array(s, logits_shape(s, t)) if with_grad else None
-    value, rows = call(
+    value, rows, _ = call(
         s, t, divergence, beta, temperature, labels, ignore_index, weights, reduction, grad
     )
     loss = _loss_result(value, rows, result)

@@ -111,7 +111,7 @@ def _run(
     go_rows = None
     if grad_rows is not None:
         go_rows = grad_rows.detach().to(torch.float64).contiguous().numpy()
-    value, rows = _logits.call(
+    value, rows, _ = _logits.call(
         s,
         t,
         spec.divergence,

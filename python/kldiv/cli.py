@@ -1,4 +1,5 @@
-"""The command line: ``kldiv loss INPUT TARGET`` and ``kldiv bench`` (also ``python -m kldiv``).
+"""The command line: ``kldiv loss INPUT TARGET``, ``kldiv loss --from-logits STUDENT TEACHER``
+and ``kldiv bench`` (also ``python -m kldiv``).
 
 ``loss`` reads two ``.npy`` files memory-mapped, a block of rows at a time (so a pair of
 10 GB files needs about one block of memory, not 20 GB), sums the terms of each block in
@@ -231,6 +232,25 @@ def _check_out_path(out: str, inputs: Sequence[str]) -> None:
             raise CliError(f"--out {out} is the input file {path}; write the terms elsewhere")
 
 
+def _stream(n: int, total_bytes: int, shown: bool, out: _Output | None, block: Any) -> None:
+    """Calls ``block(start, stop)`` over the ``n`` rows a block at a time (each block's maps
+    are released when it returns), with the progress bar; commits ``out`` once every block is
+    done, and removes it on any failure (Ctrl-C included)."""
+    progress = _Progress(total_bytes, shown)
+    try:
+        for start, stop in _blocks(n, total_bytes // max(1, n)):
+            block(start, stop)
+            progress.update(int(stop / n * total_bytes))
+        if out is not None:
+            out.commit()
+    except BaseException:
+        if out is not None:
+            out.discard()
+        raise
+    finally:
+        progress.close()
+
+
 def _meaning(reduction: str, x_shape: tuple[int, ...], shape: tuple[int, ...]) -> str:
     """What the printed number is, for these shapes."""
     if reduction == "sum":
@@ -276,28 +296,20 @@ def loss(a: argparse.Namespace) -> int:
     n = shape[0] if ndim else 1
     total_bytes = x.nbytes + t.nbytes
     shown = a.progress or (not a.quiet and total_bytes >= PROGRESS_BYTES and sys.stderr.isatty())
-    progress = _Progress(total_bytes, shown)
     result = np.result_type(x.dtype, t.dtype).newbyteorder("=")
     out = _Output(a.out, result, shape) if a.out else None
     total = 0.0
-    try:
-        for start, stop in _blocks(n, total_bytes // max(1, n)):
-            xb, tb = x.rows(ndim, start, stop), t.rows(ndim, start, stop)
-            if out is not None:
-                dest = out.array[start:stop] if ndim else out.array
-                _loss.kl_div(xb, tb, "none", a.log_target, out=dest)
-            else:
-                total += _loss.partial_sum(xb, tb, a.log_target)
-            del xb, tb  # unmap the block
-            progress.update(int(stop / n * total_bytes))
+
+    def block(start: int, stop: int) -> None:
+        nonlocal total
+        xb, tb = x.rows(ndim, start, stop), t.rows(ndim, start, stop)
         if out is not None:
-            out.commit()
-    except BaseException:
-        if out is not None:
-            out.discard()
-        raise
-    finally:
-        progress.close()
+            dest = out.array[start:stop] if ndim else out.array
+            _loss.kl_div(xb, tb, "none", a.log_target, out=dest)
+        else:
+            total += _loss.partial_sum(xb, tb, a.log_target)
+
+    _stream(n, total_bytes, shown, out, block)
     if out is not None:
         print(f"wrote the {a.reduction} loss, shape {shape}, {result}, to {a.out}")
         return 0
@@ -305,6 +317,101 @@ def loss(a: argparse.Namespace) -> int:
     print(_loss._scalar(total, divisor, result))
     print(
         f"# {a.reduction}: {_meaning(a.reduction, x.shape, shape)}; shape {shape}, {result}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def loss_from_logits(a: argparse.Namespace) -> int:
+    """``kldiv loss --from-logits STUDENT TEACHER``: the loss of :func:`kldiv.kl_div_logits`
+    (``--beta``: :func:`kldiv.jsd_logits`) over two logits files, streamed a block of rows
+    at a time along the first axis; ``--reduction none`` writes each row's loss to ``--out``."""
+    from . import _kldiv, _logits
+
+    for flag, given in (
+        ("--log-target", a.log_target),
+        ("--input-key", a.input_key),
+        ("--target-key", a.target_key),
+    ):
+        if given:
+            raise CliError(f"{flag} is for probabilities; --from-logits reads logits")
+    if a.beta is not None and a.reverse:
+        raise CliError("--reverse is for the KL divergence; --beta asks for the JSD")
+    reduction = a.reduction or "mean"
+    if reduction != "none" and a.out:
+        raise CliError(f"--out is for --reduction none; {reduction} prints one number")
+    if reduction == "none" and not a.out:
+        raise CliError("--reduction none writes each row's loss to a file: give --out FILE.npy")
+    if a.threads is not None and a.threads < 1:
+        raise CliError(f"--threads must be at least 1, got {a.threads}")
+    s = _Source(a.input, None, "student")
+    t = _Source(a.target, None, "teacher")
+    labels = _Source(a.labels, None, "labels") if a.labels else None
+    for name, src in (("student", s), ("teacher", t)):
+        if src.dtype.kind != "f" or src.dtype.itemsize not in (2, 4, 8):
+            raise CliError(f"{src.path}: {name} logits must be float16/32/64, not {src.dtype}")
+    if labels is not None and labels.dtype.kind not in "iu":
+        raise CliError(f"{labels.path}: labels must be integers, not {labels.dtype}")
+    divergence = "jsd" if a.beta is not None else "reverse" if a.reverse else "forward"
+    beta = 0.0 if a.beta is None else a.beta
+    rows = _kldiv.logits_check(
+        s.shape,
+        t.shape,
+        None if labels is None else labels.shape,
+        None,
+        a.temperature,
+        divergence,
+        beta,
+    )
+    if a.out:
+        _check_out_path(a.out, [p for p in (a.input, a.target, a.labels) if p])
+    if a.threads is not None:
+        _loss.set_num_threads(a.threads)
+    ndim = len(rows) + 1
+    n = rows[0] if rows else 1
+    total_bytes = s.nbytes + t.nbytes
+    shown = a.progress or (not a.quiet and total_bytes >= PROGRESS_BYTES and sys.stderr.isatty())
+    result = np.result_type(s.dtype, t.dtype).newbyteorder("=")
+    out = _Output(a.out, result, tuple(rows)) if a.out else None
+    total = wsum = 0.0
+
+    def block(start: int, stop: int) -> None:
+        nonlocal total, wsum
+        # rows of logits along the first axis; one row (V,) whole
+        sb = _logits.Logits.of(s.rows(ndim, start, stop) if rows else s.whole, "student")
+        tb = _logits.Logits.of(t.rows(ndim, start, stop) if rows else t.whole, "teacher")
+        lb = None if labels is None else labels.rows(ndim - 1, start, stop)
+        sb, tb = _logits.pair(sb, tb)
+        value, block_rows, w = _logits.call(
+            sb,
+            tb,
+            divergence,
+            beta,
+            a.temperature,
+            lb,
+            a.ignore_index,
+            None,
+            "none" if out is not None else "sum",
+        )
+        if out is not None and block_rows is not None:
+            dest = out.array[start:stop] if rows else out.array
+            dest[...] = block_rows
+        total += value
+        wsum += w
+
+    _stream(n, total_bytes, shown, out, block)
+    if out is not None:
+        print(f"wrote each row's loss, shape {tuple(rows)}, {result}, to {a.out}")
+        return 0
+    value = _kldiv.logits_reduce(reduction, total, wsum, s.shape)
+    print(_loss._scalar(value, 1.0, result))
+    what = {
+        "jsd": f"generalized JSD (beta {beta})",
+        "reverse": "reverse KL(Q||P)",
+        "forward": "forward KL(P||Q)",
+    }[divergence]
+    print(
+        f"# {reduction} of the {what} per row, T = {a.temperature}; rows {tuple(rows)}, {result}",
         file=sys.stderr,
     )
     return 0
@@ -328,9 +435,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     lp.add_argument(
         "--reduction",
         choices=REDUCTIONS,
-        default="batchmean",
-        help="default batchmean (the KL divergence per row); mean is PyTorch's default",
+        help="default batchmean (the KL divergence per row; mean is PyTorch's default); "
+        "with --from-logits, default mean (over the rows that count)",
     )
+    lg = lp.add_argument_group(
+        "from logits",
+        "kldiv loss --from-logits STUDENT TEACHER: the files hold logits "
+        "(*rows, V); the loss of kldiv.kl_div_logits, or with --beta of kldiv.jsd_logits",
+    )
+    lg.add_argument("--from-logits", action="store_true", help="the files hold logits")
+    lg.add_argument("--temperature", type=float, default=1.0, help="T > 0 (default 1)")
+    lg.add_argument("--reverse", action="store_true", help="KL(Q||P) instead of KL(P||Q)")
+    lg.add_argument("--beta", type=float, help="the generalized JSD with this beta in [0, 1]")
+    lg.add_argument(
+        "--labels", help=".npy of integers, shape rows: rows labelled --ignore-index do not count"
+    )
+    lg.add_argument("--ignore-index", type=int, default=-100, help="default -100")
     lp.add_argument("--log-target", action="store_true", help="target holds log-probabilities")
     lp.add_argument("--out", help="with --reduction none: the .npy file to write the terms to")
     lp.add_argument(
@@ -356,6 +476,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return bench(args, rest)
         if rest:
             p.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.from_logits:
+            return loss_from_logits(args)
+        for flag in ("temperature", "reverse", "beta", "labels", "ignore_index"):
+            if getattr(args, flag) != lp.get_default(flag):
+                raise CliError(f"--{flag.replace('_', '-')} is for --from-logits")
+        args.reduction = args.reduction or "batchmean"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the help says what mean is
             return loss(args)

@@ -819,6 +819,18 @@ fn divisor(reduction: LogitsReduction, wsum: f64, student_shape: &[usize]) -> f6
     }
 }
 
+/// The reduced loss of a sum `Σ w_i L_i` and a weight `Σ w_i` gathered over several calls (a
+/// file streamed a block of rows at a time), for logits whose student has `student_shape`.
+#[cfg_attr(not(feature = "python"), allow(dead_code))] // for the command line
+pub(crate) fn reduce_sums(
+    reduction: LogitsReduction,
+    total: f64,
+    wsum: f64,
+    student_shape: &[usize],
+) -> f64 {
+    reduced(reduction, total, divisor(reduction, wsum, student_shape))
+}
+
 /// `total / divisor`, 0 for a mean over no row.
 fn reduced(reduction: LogitsReduction, total: f64, divisor: f64) -> f64 {
     if reduction == LogitsReduction::Mean && divisor == 0.0 {
@@ -939,7 +951,7 @@ where
     D3: Dimension,
 {
     let g = (grad.into_dyn(), GradOutput::Scalar(1.0));
-    logits_loss(student, teacher, loss, Some(reduction), None, Some(g))
+    Ok(logits_loss(student, teacher, loss, Some(reduction), None, Some(g))?.0)
 }
 
 /// The incoming gradient of a loss from logits: a number for a reduced loss, one a row for the
@@ -951,7 +963,8 @@ pub(crate) enum GradOutput<'a> {
 }
 
 /// The loss from logits `reduction` gives (`None`: the rows' losses, into `rows_out`, and their
-/// sum is returned), with the gradient for `grad`'s incoming gradient written into it.
+/// sum is returned), with the gradient for `grad`'s incoming gradient written into it; and
+/// `Σ w_i` (for whoever reduces sums of several calls: see [`reduce_sums`]).
 pub(crate) fn logits_loss<S, Tt, D1, D2>(
     student: ArrayView<'_, S, D1>,
     teacher: ArrayView<'_, Tt, D2>,
@@ -959,7 +972,7 @@ pub(crate) fn logits_loss<S, Tt, D1, D2>(
     reduction: Option<LogitsReduction>,
     rows_out: Option<&mut [f64]>,
     grad: Option<(ArrayViewMut<'_, S, ndarray::IxDyn>, GradOutput<'_>)>,
-) -> Result<f64, Error>
+) -> Result<(f64, f64), Error>
 where
     S: Logit,
     Tt: Logit<C = S::C>,
@@ -1002,8 +1015,9 @@ where
     });
     let (total, _) =
         logits_call::<S, Tt, S>(student.into_dyn(), teacher.into_dyn(), loss, rows_out, g)?;
-    Ok(match reduction {
+    let value = match reduction {
         Some(r) => reduced(r, total, div),
         None => total,
-    })
+    };
+    Ok((value, wsum))
 }
