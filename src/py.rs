@@ -719,7 +719,7 @@ impl Drop for Buffer {
 }
 
 /// An array of `shape` for a result (C order, contents unspecified: the kernels overwrite it).
-fn empty_of<'py, T: Float + Element>(
+fn empty_of<'py, T: Element + Copy>(
     py: Python<'py>,
     shape: Vec<usize>,
 ) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
@@ -739,8 +739,9 @@ fn empty_of<'py, T: Float + Element>(
     let memory = Box::into_raw(pool::take(bytes.div_ceil(8)));
     let data = memory as *mut T;
     let buffer = Bound::new(py, Buffer { memory })?;
-    // SAFETY: `data` is 8-byte aligned (it holds u64s), so aligned for f32 and f64; the memory
-    // holds at least `len` elements, all initialised (zeros or an earlier result's floats).
+    // SAFETY: `data` is 8-byte aligned (it holds u64s), so aligned for f32, f64 and u16; the
+    // memory holds at least `len` elements, all initialised (zeros or an earlier result's
+    // values), and every bit pattern is a valid f32, f64 or u16.
     let view = unsafe { ArrayViewD::from_shape_ptr(IxDyn(&shape), data) };
     // SAFETY: `buffer` owns the memory and becomes the array's base: NumPy keeps it alive as
     // long as the array, and nothing reallocates the memory meanwhile.
@@ -748,8 +749,8 @@ fn empty_of<'py, T: Float + Element>(
     Ok(array)
 }
 
-/// An array of `shape` and `dtype` (float32 or float64) for a result, C order, contents
-/// unspecified (see [`pool`]).
+/// An array of `shape` and `dtype` (float32 or float64; uint16 for the bits of a bfloat16 or
+/// float16 gradient) for a result, C order, contents unspecified (see [`pool`]).
 #[pyfunction]
 fn empty<'py>(
     py: Python<'py>,
@@ -760,9 +761,11 @@ fn empty<'py>(
         empty_of::<f32>(py, shape).map(Bound::into_any)
     } else if dtype.is_equiv_to(&numpy::dtype::<f64>(py)) {
         empty_of::<f64>(py, shape).map(Bound::into_any)
+    } else if dtype.is_equiv_to(&numpy::dtype::<u16>(py)) {
+        empty_of::<u16>(py, shape).map(Bound::into_any)
     } else {
         Err(pyo3::exceptions::PyTypeError::new_err(format!(
-            "results are float32 or float64, not {dtype}"
+            "results are float32 or float64 (uint16: 16-bit floats' bits), not {dtype}"
         )))
     }
 }

@@ -58,8 +58,11 @@ def terms_and_grad(
 ) -> None:
     """The loss terms and the input gradient (for ones) in one pass."""
 
-def empty(shape: tuple[int, ...], dtype: np.dtype[np.float32] | np.dtype[np.float64]) -> Floats:
-    """A result array (C order, contents unspecified)."""
+def empty(
+    shape: tuple[int, ...],
+    dtype: np.dtype[np.float32] | np.dtype[np.float64] | np.dtype[np.uint16],
+) -> npt.NDArray[np.float32] | npt.NDArray[np.float64] | npt.NDArray[np.uint16]:
+    """A result array (C order, contents unspecified; uint16 holds 16-bit floats' bits)."""
 
 def divisor(reduction: str, input_shape: tuple[int, ...], target_shape: tuple[int, ...]) -> float:
     """What ``reduction`` divides the sum by for arguments of these shapes (1 for "none")."""

@@ -158,7 +158,7 @@ def _loss_result(
 
 def _grad_array(student: Logits, shape: tuple[int, ...]) -> npt.NDArray[Any]:
     if student.kind == "float16":
-        return np.empty(shape, dtype=np.uint16)
+        return _kldiv.empty(shape, np.dtype(np.uint16))
     return _kldiv.empty(shape, student.dtype)
 
 

@@ -131,9 +131,17 @@ def _run(
     return torch.from_numpy(rows).to(dtype)
 
 
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
+
+
 def _grad_tensor(student: Tensor, teacher: Tensor) -> Tensor:
-    shape = _kldiv.logits_shape(tuple(student.shape), tuple(teacher.shape))
-    return torch.empty(shape, dtype=student.dtype)
+    """The student's gradient, from kldiv's pool of result memory: a training step's gradient
+    is the size of the last one, and memory already mapped is not faulted in again."""
+    shape = tuple(_kldiv.logits_shape(tuple(student.shape), tuple(teacher.shape)))
+    if student.dtype in _BITS:
+        bits = _kldiv.empty(shape, np.dtype(np.uint16))
+        return torch.from_numpy(bits).view(student.dtype)
+    return torch.from_numpy(_kldiv.empty(shape, np.dtype(_NUMPY[student.dtype])))
 
 
 class _LogitsLoss(torch.autograd.Function):
