@@ -34,9 +34,15 @@ pub trait Float:
     fn xlog_factor(self) -> Self;
     /// `e^self` in this type's precision ([`crate::math::exp_f32`] or [`crate::math::exp_f64`]).
     fn exp(self) -> Self;
+    /// The larger of `self` and `other`, a NaN ignored (`f32::max`, `f64::max`).
+    fn max(self, other: Self) -> Self;
 }
 
 impl Float for f32 {
+    #[inline(always)]
+    fn max(self, other: f32) -> f32 {
+        f32::max(self, other)
+    }
     const INFINITY: Self = f32::INFINITY;
     const NAN: Self = f32::NAN;
     #[inline(always)]
@@ -68,6 +74,10 @@ impl Float for f32 {
 }
 
 impl Float for f64 {
+    #[inline(always)]
+    fn max(self, other: f64) -> f64 {
+        f64::max(self, other)
+    }
     const INFINITY: Self = f64::INFINITY;
     const NAN: Self = f64::NAN;
     #[inline(always)]

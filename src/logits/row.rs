@@ -42,17 +42,29 @@ const JSD_MAX_D: f32 = 20.0;
 #[inline(always)]
 fn row_max<C: Float>(z: &[C]) -> C {
     let lowest = C::from_f64(f64::NEG_INFINITY);
-    let mut m = [lowest; 4 * LANES];
+    // `x.max(y)`, not a select: LLVM keeps the maxima in registers (a select becomes masked
+    // stores to the stack). NaNs are ignored either way; the sign of a zero maximum does not
+    // change a row's results.
+    let max = |x: C, y: C| x.max(y);
+    let mut m = [[lowest; LANES]; 4];
     let mut chunks = z.chunks_exact(4 * LANES);
     for c in &mut chunks {
-        for j in 0..4 * LANES {
-            m[j] = if c[j] > m[j] { c[j] } else { m[j] };
+        // Four arrays, not one of 4 * LANES: LLVM keeps these in registers.
+        let (c0, rest) = c.split_at(LANES);
+        let (c1, rest) = rest.split_at(LANES);
+        let (c2, c3) = rest.split_at(LANES);
+        let [m0, m1, m2, m3] = &mut m;
+        for j in 0..LANES {
+            m0[j] = max(m0[j], c0[j]);
+            m1[j] = max(m1[j], c1[j]);
+            m2[j] = max(m2[j], c2[j]);
+            m3[j] = max(m3[j], c3[j]);
         }
     }
     for (j, &v) in chunks.remainder().iter().enumerate() {
-        m[j] = if v > m[j] { v } else { m[j] };
+        m[0][j % LANES] = max(m[0][j % LANES], v);
     }
-    m.iter().fold(lowest, |x, &y| if y > x { y } else { x })
+    m.iter().flatten().fold(lowest, |x, &y| max(x, y))
 }
 
 /// The lanes of a row's sum: element `i` into lane `i % LANES`, each lane in order (see
@@ -72,37 +84,24 @@ fn sum_lanes<C: Float>(v: &[C]) -> Lanes {
     acc
 }
 
-/// Pushes `base + j` for each `j` where `hit(v[j])` (a chunk of at most 16), in order: a
-/// mask made with one vector compare, then one step per hit.
+/// Pushes the indices of the nonzero bytes of `flags` (0 or 1 each), in order: eight bytes
+/// at a time as one word, then one step per flag (most words have none).
 #[inline(always)]
-fn push_hits<T: Copy>(idx: &mut Vec<u32>, base: usize, v: &[T], hit: impl Fn(T) -> bool) {
-    let mut m = 0u32;
-    for (j, &x) in v.iter().enumerate() {
-        m |= (hit(x) as u32) << j;
-    }
-    while m != 0 {
-        idx.push((base + m.trailing_zeros() as usize) as u32);
-        m &= m - 1;
-    }
-}
-
-/// Pushes the indices of `v`'s elements where `hit` holds, in order.
-#[inline(always)]
-fn hits<T: Copy>(idx: &mut Vec<u32>, v: &[T], hit: impl Fn(T) -> bool + Copy) {
-    let mut chunks = v.chunks_exact(16);
-    for (c, chunk) in (&mut chunks).enumerate() {
-        let chunk: &[T; 16] = chunk.try_into().expect("16 elements");
-        // Most chunks have no hit: one vector compare and a test.
-        if chunk.iter().fold(false, |any, &x| any | hit(x)) {
-            push_hits(idx, c * 16, chunk, hit);
+fn flagged(idx: &mut Vec<u32>, flags: &[u8]) {
+    let mut chunks = flags.chunks_exact(8);
+    for (c, w) in (&mut chunks).enumerate() {
+        let mut word = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        while word != 0 {
+            idx.push((c * 8 + word.trailing_zeros() as usize / 8) as u32);
+            word &= word - 1;
         }
     }
-    push_hits(
-        idx,
-        v.len() - chunks.remainder().len(),
-        chunks.remainder(),
-        hit,
-    );
+    let base = flags.len() - chunks.remainder().len();
+    for (j, &f) in chunks.remainder().iter().enumerate() {
+        if f != 0 {
+            idx.push((base + j) as u32);
+        }
+    }
 }
 
 /// One side of a row: `lse = ln Σ e^(z/T)` and, on the `f32` path, `1 / Σ u` with each
@@ -118,7 +117,14 @@ struct Side {
 /// lanes, then the `u` above [`BIG`] times that sum summed again in `f64`. NaN for a row
 /// holding a NaN or only -inf.
 #[inline(always)]
-fn softmax_f32(z: &[f32], k: f64, u: &mut [f32], g: &mut Gathered<'_>, next: Next) -> Side {
+fn softmax_f32(
+    z: &[f32],
+    k: f64,
+    u: &mut [f32],
+    marks: &mut [u8],
+    g: &mut Gathered<'_>,
+    next: Next,
+) -> Side {
     let max = row_max(z);
     let k32 = k as f32;
     let u = &mut u[..z.len()];
@@ -136,17 +142,20 @@ fn softmax_f32(z: &[f32], k: f64, u: &mut [f32], g: &mut Gathered<'_>, next: Nex
     // The largest terms again in f64, gathered (then one loop that vectorises); where they
     // are many (small vocabularies, flat rows), the row takes the exact path.
     let big = (sum * BIG as f64) as f32;
-    let count = u.iter().filter(|&&e| e > big).count();
-    if count * DENSE > z.len() {
+    let marks = &mut marks[..z.len()];
+    for (m, &e) in marks.iter_mut().zip(u.iter()) {
+        *m = (e > big) as u8;
+    }
+    let (idx, x) = (&mut *g.idx, &mut *g.a);
+    idx.clear();
+    flagged(idx, marks);
+    if idx.len() * DENSE > z.len() {
         return Side {
             lse: lse_exact(z, k, g.a),
             inv_sum: 0.0,
             dense: true,
         };
     }
-    let (idx, x) = (&mut *g.idx, &mut *g.a);
-    idx.clear();
-    hits(idx, u, |e| e > big);
     x.clear();
     x.extend(idx.iter().map(|&v| (z[v as usize] as f64 - max as f64) * k)); // exact difference
     for e in x.iter_mut() {
@@ -500,8 +509,22 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
     let f32_rows = "the vectorised path's rows are f32";
     let sides = match (as_f32(s), as_f32(t)) {
         (Some(fs), Some(ft)) => Some((
-            softmax_f32(fs, k, as_f32_mut(us).expect(f32_rows), &mut g, next[0]),
-            softmax_f32(ft, k, as_f32_mut(ut).expect(f32_rows), &mut g, next[1]),
+            softmax_f32(
+                fs,
+                k,
+                as_f32_mut(us).expect(f32_rows),
+                sums.flags,
+                &mut g,
+                next[0],
+            ),
+            softmax_f32(
+                ft,
+                k,
+                as_f32_mut(ut).expect(f32_rows),
+                sums.flags,
+                &mut g,
+                next[1],
+            ),
         )),
         _ => None,
     };
@@ -529,13 +552,11 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
     // After the fast path, the elements it leaves to the exact path, gathered into `g`: all
     // of them, and nothing of the fast path counted, where they are many or there was none.
     let gather = |g: &mut Gathered<'_>, flags: Option<&[u8]>| -> bool {
-        let dense = match flags {
-            Some(f) => f[..n].iter().map(|&x| x as usize).sum::<usize>() * DENSE > n,
-            None => true,
-        };
-        if !dense {
+        let mut dense = flags.is_none();
+        if let Some(f) = flags {
             g.idx.clear();
-            hits(g.idx, &flags.expect("not dense")[..n], |f| f != 0);
+            flagged(g.idx, &f[..n]);
+            dense = g.idx.len() * DENSE > n;
         }
         g.gather(s, t, dense);
         !dense
