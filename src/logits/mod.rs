@@ -755,8 +755,8 @@ where
                 for b in [&mut *us, &mut *ut, &mut *tmp] {
                     b.resize(vocab, S::C::default());
                 }
-                terms.resize(vocab, 0.0);
-                kterms.resize(vocab, 0.0);
+                terms.resize(vocab.min(row::TILE), 0.0);
+                kterms.resize(vocab.min(row::TILE), 0.0);
                 flags.resize(vocab, 0);
                 dispatch(RowKernel {
                     s,
