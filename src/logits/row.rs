@@ -71,7 +71,21 @@ fn row_max<C: Float>(z: &[C]) -> C {
     for (j, &v) in chunks.remainder().iter().enumerate() {
         m[0][j % LANES] = max(m[0][j % LANES], v);
     }
-    m.iter().flatten().fold(lowest, |x, &y| max(x, y))
+    // Then across the vectors and, halving, across the lanes: a few vector steps, not 64
+    // dependent scalar ones (which cost short rows more than their elements).
+    let [m0, m1, m2, m3] = m;
+    let mut v = [lowest; LANES];
+    for j in 0..LANES {
+        v[j] = max(max(m0[j], m1[j]), max(m2[j], m3[j]));
+    }
+    let mut width = LANES / 2;
+    while width > 0 {
+        for j in 0..width {
+            v[j] = max(v[j], v[j + width]);
+        }
+        width /= 2;
+    }
+    v[0]
 }
 
 /// The lanes of a row's sum: element `i` into lane `i % LANES`, each lane in order (see
