@@ -127,7 +127,7 @@ def _run(
     )
     dtype = _result_dtype(student, teacher)
     if rows is None:
-        return torch.tensor(value, dtype=dtype)
+        return torch.scalar_tensor(value, dtype=dtype)
     return torch.from_numpy(rows).to(dtype)
 
 
@@ -168,12 +168,8 @@ class _LogitsLoss(torch.autograd.Function):
         # Handed over once: autograd may then keep it as .grad without a copy; a second
         # backward (retain_graph=True) computes it again.
         grad, ctx.grad = ctx.grad, None
-        if (
-            torch.is_grad_enabled()
-            or need[1]
-            or need[2]
-            or _composite(grad_output, student, teacher, weights)
-        ):
+        # (The saved tensors passed forward's checks; only grad_output is new.)
+        if torch.is_grad_enabled() or need[1] or need[2] or _composite(grad_output):
             return (*_composite_grads(student, teacher, weights, spec, grad_output, need), None)
         if not need[0]:
             return None, None, None, None

@@ -447,6 +447,8 @@ struct Scratch<C> {
     gb: Vec<f64>,
     gc: Vec<f64>,
     gd: Vec<f64>,
+    es: Vec<f64>,
+    et: Vec<f64>,
 }
 
 impl<C> Default for Scratch<C> {
@@ -466,6 +468,8 @@ impl<C> Default for Scratch<C> {
             gb: Vec::new(),
             gc: Vec::new(),
             gd: Vec::new(),
+            es: Vec::new(),
+            et: Vec::new(),
         }
     }
 }
@@ -725,6 +729,8 @@ where
                 gb,
                 gc,
                 gd,
+                es,
+                et,
             } = scratch;
             // The gradient's row: in place where it is contiguous in the compute type.
             let mut direct = None;
@@ -765,6 +771,8 @@ where
                     ut,
                     tmp,
                     out: &mut *out,
+                    es,
+                    et,
                     sums: Sums {
                         terms,
                         kterms,

@@ -127,9 +127,19 @@ fn add_lanes(acc: &mut Lanes, v: &[f64]) {
 }
 
 /// Pushes the indices of the nonzero bytes of `flags` (0 or 1 each), in order: eight bytes
-/// at a time as one word, then one step per flag (most words have none).
+/// at a time as one word, then one step per flag (most words have none). Pushes none, and
+/// returns false, where more than one in [`DENSE`] is flagged (the row goes dense).
 #[inline(always)]
-fn flagged(idx: &mut Vec<u32>, flags: &[u8]) {
+fn flagged(idx: &mut Vec<u32>, flags: &[u8]) -> bool {
+    idx.clear();
+    let words = flags.chunks_exact(8);
+    let rest = words.remainder().iter().map(|&f| f as usize).sum::<usize>();
+    let count = words.fold(rest, |n, w| {
+        n + u64::from_le_bytes(w.try_into().expect("8 bytes")).count_ones() as usize
+    });
+    if count * DENSE > flags.len() {
+        return false;
+    }
     let mut chunks = flags.chunks_exact(8);
     for (c, w) in (&mut chunks).enumerate() {
         let mut word = u64::from_le_bytes(w.try_into().expect("8 bytes"));
@@ -144,6 +154,7 @@ fn flagged(idx: &mut Vec<u32>, flags: &[u8]) {
             idx.push((base + j) as u32);
         }
     }
+    true
 }
 
 /// One side of a row: `lse = ln Σ e^(z/T)` and, on the `f32` path, `1 / Σ u` with each
@@ -189,11 +200,10 @@ fn softmax_f32(
         *m = (e > big) as u8;
     }
     let (idx, x) = (&mut *g.idx, &mut *g.a);
-    idx.clear();
-    flagged(idx, marks);
-    if idx.len() * DENSE > z.len() {
+    if !flagged(idx, marks) {
+        // `row` computes the row on the exact path, both sides anew.
         return Side {
-            lse: lse_exact(z, k, g.a),
+            lse: f64::NAN,
             inv_sum: 0.0,
             dense: true,
         };
@@ -241,16 +251,18 @@ impl Next {
     }
 }
 
-/// `ln Σ e^(z/T)` of a row, in `f64` throughout (the exact path); `buf` is scratch.
+/// `ln Σ e^(z/T)` of a row and `1 / Σ e^((z - max)/T)`, in `f64` throughout (the exact
+/// path), with each `e^((z - max)/T)` left in `e`.
 #[inline(always)]
-fn lse_exact<C: Float>(z: &[C], k: f64, buf: &mut Vec<f64>) -> f64 {
+fn lse_exact<C: Float>(z: &[C], k: f64, e: &mut Vec<f64>) -> (f64, f64) {
     let max = row_max(z).to_f64();
-    buf.clear();
-    buf.extend(z.iter().map(|&v| v.to_f64()));
-    for e in buf.iter_mut() {
-        *e = exp_f64((*e - max) * k); // the difference is exact
+    e.clear();
+    e.extend(z.iter().map(|&v| v.to_f64()));
+    for x in e.iter_mut() {
+        *x = exp_f64((*x - max) * k); // the difference is exact for f32 logits
     }
-    max * k + ln_f64(fold_lanes(&sum_lanes(buf)))
+    let sum = fold_lanes(&sum_lanes(e));
+    (max * k + ln_f64(sum), 1.0 / sum)
 }
 
 /// `d = t - s = (z_t - z_s) / T - (lse_t - lse_s)`: the logits' difference is exact in `f64`.
@@ -261,20 +273,30 @@ fn d_of(zs: f64, zt: f64, k: f64, c: f64) -> f64 {
 
 /// The exact path's constants of a row: element by element in `f64`.
 #[derive(Clone, Copy)]
-struct Exact {
+struct Exact<'a> {
     k: f64,
     lse_s: f64,
     lse_t: f64,
+    /// Where the row took the exact path from the start: each element's `e^((z - max)/T)`
+    /// (see [`lse_exact`]) and `1 / Σ` of both sides, so that `Q` and `P` are products, not
+    /// exponentials again.
+    probs: Option<(&'a [f64], f64, &'a [f64], f64)>,
 }
 
-impl Exact {
-    /// `(Q, P, d)` of an element with logits `zs`, `zt`.
+impl Exact<'_> {
+    /// `(Q, P, d)` of element `i` (its index in the row where `probs` are known), with logits
+    /// `zs`, `zt`.
     #[inline(always)]
-    fn at(self, zs: f64, zt: f64) -> (f64, f64, f64) {
-        let ls = zs.mul_add(self.k, -self.lse_s);
-        let lt = zt.mul_add(self.k, -self.lse_t);
+    fn at(self, i: usize, zs: f64, zt: f64) -> (f64, f64, f64) {
         let d = d_of(zs, zt, self.k, self.lse_t - self.lse_s);
-        (exp_f64(ls), exp_f64(lt), d)
+        match self.probs {
+            Some((es, is, et, it)) => (es[i] * is, et[i] * it, d),
+            None => {
+                let ls = zs.mul_add(self.k, -self.lse_s);
+                let lt = zt.mul_add(self.k, -self.lse_t);
+                (exp_f64(ls), exp_f64(lt), d)
+            }
+        }
     }
 
     /// `(term, Q (s - m), Q, s - m)` of a JSD element (see the table of `super`). `s - m` and
@@ -282,8 +304,8 @@ impl Exact {
     /// underflows: `-ln(β e^d + 1 - β)` and `d` more for `d <= 0`, `-ln(β + (1 - β) e^-d)` and
     /// `d` less above.
     #[inline(always)]
-    fn jsd(self, zs: f64, zt: f64, beta: f64) -> (f64, f64, f64, f64) {
-        let (q, p, d) = self.at(zs, zt);
+    fn jsd(self, i: usize, zs: f64, zt: f64, beta: f64) -> (f64, f64, f64, f64) {
+        let (q, p, d) = self.at(i, zs, zt);
         let e = exp_f64(-d.abs());
         let up = d > 0.0;
         let l = -ln_f64(if up {
@@ -334,13 +356,18 @@ impl Gathered<'_> {
     }
 }
 
-/// The row index of gathered element `i` (see [`Gathered::gather`]).
+/// Writes the gathered gradient values `v` into their places in the row `out` (see
+/// [`Gathered::gather`]: every element in order where `idx` is empty).
 #[inline(always)]
-fn at(idx: &[u32], i: usize) -> usize {
+fn scatter<C: Float>(out: &mut [C], idx: &[u32], v: &[f64]) {
     if idx.is_empty() {
-        i
+        for (o, &x) in out.iter_mut().zip(v) {
+            *o = C::from_f64(x);
+        }
     } else {
-        idx[i] as usize
+        for (&i, &x) in idx.iter().zip(v) {
+            out[i as usize] = C::from_f64(x);
+        }
     }
 }
 
@@ -526,6 +553,9 @@ pub(super) struct RowKernel<'a, C> {
     pub(super) ut: &'a mut [C],
     pub(super) tmp: &'a mut [C],
     pub(super) out: &'a mut [C],
+    /// Rows of the exact path's `e^((z - max)/T)`, both sides.
+    pub(super) es: &'a mut Vec<f64>,
+    pub(super) et: &'a mut Vec<f64>,
     pub(super) sums: Sums<'a>,
     pub(super) gathered: Gathered<'a>,
     pub(super) inv_t: f64,
@@ -562,6 +592,8 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
         ut,
         tmp,
         out,
+        es,
+        et,
         mut sums,
         gathered: mut g,
         inv_t: k,
@@ -571,8 +603,10 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
     } = kernel;
     let n = s.len();
     let f32_rows = "the vectorised path's rows are f32";
+    // A row shorter than DENSE always has too many large elements for the fast path (its
+    // maximum alone is one): straight to the exact path, with the same results.
     let sides = match (as_f32(s), as_f32(t)) {
-        (Some(fs), Some(ft)) => Some((
+        (Some(fs), Some(ft)) if n >= DENSE => Some((
             softmax_f32(
                 fs,
                 k,
@@ -593,11 +627,25 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
         _ => None,
     };
     let (us, ut) = (&*us, &*ut);
-    let (lse_s, lse_t) = match &sides {
-        Some((ss, st)) => (ss.lse, st.lse),
-        None => (lse_exact(s, k, g.a), lse_exact(t, k, g.a)),
+    let exact = match &sides {
+        Some((ss, st)) if !ss.dense && !st.dense => Exact {
+            k,
+            lse_s: ss.lse,
+            lse_t: st.lse,
+            probs: None,
+        },
+        _ => {
+            let (lse_s, is) = lse_exact(s, k, es);
+            let (lse_t, it) = lse_exact(t, k, et);
+            Exact {
+                k,
+                lse_s,
+                lse_t,
+                probs: Some((&es[..], is, &et[..], it)),
+            }
+        }
     };
-    let exact = Exact { k, lse_s, lse_t };
+    let (lse_s, lse_t) = (exact.lse_s, exact.lse_t);
     let fast = match sides {
         Some((ss, st)) if !ss.dense && !st.dense => Some(Fast {
             s: as_f32(s).expect(f32_rows),
@@ -616,12 +664,10 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
     // After the fast path, the elements it leaves to the exact path, gathered into `g`: all
     // of them, and nothing of the fast path counted, where they are many or there was none.
     let gather = |g: &mut Gathered<'_>, flags: Option<&[u8]>| -> bool {
-        let mut dense = flags.is_none();
-        if let Some(f) = flags {
-            g.idx.clear();
-            flagged(g.idx, &f[..n]);
-            dense = g.idx.len() * DENSE > n;
-        }
+        let dense = match flags {
+            Some(f) => !flagged(g.idx, &f[..n]),
+            None => true,
+        };
         g.gather(s, t, dense);
         !dense
     };
@@ -644,16 +690,14 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
                 gather(&mut g, None);
             }
             let (a, b) = (&mut g.a[..], &mut g.b[..]);
-            for (x, y) in a.iter_mut().zip(b.iter_mut()) {
-                let (q, p, d) = exact.at(*x, *y);
+            for (i, (x, y)) in a.iter_mut().zip(b.iter_mut()).enumerate() {
+                let (q, p, d) = exact.at(i, *x, *y);
                 // The cross-entropy's term is -P s, s = z_s / T - lse_s.
                 let term = if ce { -p * x.mul_add(k, -lse_s) } else { p * d };
                 (*x, *y) = (if p == 0.0 { 0.0 } else { term }, (q - p) * scale);
             }
             if GRAD {
-                for (i, &gv) in g.b.iter().enumerate() {
-                    out[at(&g.idx[..], i)] = C::from_f64(gv);
-                }
+                scatter(out, g.idx, g.b);
             }
             lanes + sum(g.a)
         }
@@ -671,8 +715,9 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
                 gather(&mut g, None);
             }
             let (a, b, c) = (&mut g.a[..], &mut g.b[..], &mut g.c[..]);
-            for ((x, y), z) in a.iter_mut().zip(b.iter_mut()).zip(c.iter_mut()) {
-                let (q, _, d) = exact.at(*x, *y);
+            let all = a.iter_mut().zip(b.iter_mut()).zip(c.iter_mut());
+            for (i, ((x, y), z)) in all.enumerate() {
+                let (q, _, d) = exact.at(i, *x, *y);
                 (*x, *y, *z) = (if q == 0.0 { 0.0 } else { -(q * d) }, q, d);
             }
             let loss = lanes + sum(a);
@@ -680,11 +725,11 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
                 if let Some(f) = &fast {
                     f.reverse_grad(as_f32_mut(out).expect(f32_rows), loss, scale32);
                 }
-                for i in 0..b.len() {
-                    let (q, d) = (b[i], c[i]);
-                    let gv = if q == 0.0 { 0.0 } else { q * (-d - loss) };
-                    out[at(&g.idx[..], i)] = C::from_f64(gv * scale);
+                for (q, &d) in b.iter_mut().zip(c.iter()) {
+                    let gv = if *q == 0.0 { 0.0 } else { *q * (-d - loss) };
+                    *q = gv * scale;
                 }
+                scatter(out, g.idx, b);
             }
             loss
         }
@@ -707,8 +752,8 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
                 .zip(b.iter_mut())
                 .zip(c.iter_mut())
                 .zip(e.iter_mut());
-            for (((x, y), z), w) in all {
-                (*x, *y, *z, *w) = exact.jsd(*x, *y, beta);
+            for (i, (((x, y), z), w)) in all.enumerate() {
+                (*x, *y, *z, *w) = exact.jsd(i, *x, *y, beta);
             }
             let loss = lanes + sum(a);
             let kk = klanes + sum(b);
@@ -717,15 +762,15 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
                     let phi = as_f32(tmp).expect(f32_rows);
                     f.jsd_grad(as_f32_mut(out).expect(f32_rows), phi, kk, beta, scale32);
                 }
-                for i in 0..c.len() {
-                    let (q, sm) = (c[i], e[i]);
-                    let gv = if q == 0.0 {
+                for (q, &sm) in c.iter_mut().zip(e.iter()) {
+                    let gv = if *q == 0.0 {
                         0.0
                     } else {
-                        (1.0 - beta) * q * (sm - kk)
+                        (1.0 - beta) * *q * (sm - kk)
                     };
-                    out[at(&g.idx[..], i)] = C::from_f64(gv * scale);
+                    *q = gv * scale;
                 }
+                scatter(out, g.idx, c);
             }
             loss
         }
