@@ -116,7 +116,30 @@ def files(tmp_path):
     np.save(tmp_path / "input.npy", x)
     np.save(tmp_path / "target.npy", t)
     np.savez(tmp_path / "pair.npz", input=x, target=t)
+    np.save(tmp_path / "student.npy", z)  # logits
+    np.save(tmp_path / "teacher.npy", z + rng.standard_normal(z.shape).astype(np.float32))
+    np.save(tmp_path / "labels.npy", rng.integers(-100, 40, 300))
     return tmp_path, x, t
+
+
+def expected(args: list[str], d: Path, x: np.ndarray, t: np.ndarray) -> object:
+    """What ``kldiv`` should answer for these command-line arguments."""
+    value = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
+    reduction = value.get("--reduction")
+    if "--from-logits" in args:
+        at = args.index("--from-logits")
+        student, teacher = np.load(d / args[at + 1]), np.load(d / args[at + 2])
+        labels = np.load(d / value["--labels"]) if "--labels" in value else None
+        return kldiv.kl_div_logits(
+            student,
+            teacher,
+            temperature=float(value.get("--temperature", 1.0)),
+            labels=labels,
+            reduction=reduction or "mean",
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "mean" warns; the numbers are what is compared
+        return kldiv.kl_div(x, t, reduction or "batchmean", "--log-target" in args)
 
 
 @pytest.mark.parametrize("args", cli_lines(), ids=shlex.join)
@@ -134,10 +157,7 @@ def test_cli_line(args, files):
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
-    reduction = args[args.index("--reduction") + 1] if "--reduction" in args else "batchmean"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "mean" warns; the numbers are what is compared
-        want = kldiv.kl_div(x, t, reduction, "--log-target" in args)
+    want = expected(args, d, x, t)
     if out is not None:
         np.testing.assert_allclose(np.load(d / out), want, rtol=1e-6)
     else:

@@ -605,30 +605,25 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
     let f32_rows = "the vectorised path's rows are f32";
     // A row shorter than DENSE always has too many large elements for the fast path (its
     // maximum alone is one): straight to the exact path, with the same results.
+    // Both sides on the f32 path, or None: the row takes the exact path (then the teacher's
+    // side is not tried once the student's is dense).
     let sides = match (as_f32(s), as_f32(t)) {
-        (Some(fs), Some(ft)) if n >= DENSE => Some((
-            softmax_f32(
-                fs,
-                k,
-                as_f32_mut(us).expect(f32_rows),
-                sums.flags,
-                &mut g,
-                next[0],
-            ),
-            softmax_f32(
-                ft,
-                k,
-                as_f32_mut(ut).expect(f32_rows),
-                sums.flags,
-                &mut g,
-                next[1],
-            ),
-        )),
+        (Some(fs), Some(ft)) if n >= DENSE => {
+            let us = as_f32_mut(us).expect(f32_rows);
+            let ss = softmax_f32(fs, k, us, sums.flags, &mut g, next[0]);
+            if ss.dense {
+                None
+            } else {
+                let ut = as_f32_mut(ut).expect(f32_rows);
+                let st = softmax_f32(ft, k, ut, sums.flags, &mut g, next[1]);
+                (!st.dense).then_some((ss, st))
+            }
+        }
         _ => None,
     };
     let (us, ut) = (&*us, &*ut);
     let exact = match &sides {
-        Some((ss, st)) if !ss.dense && !st.dense => Exact {
+        Some((ss, st)) => Exact {
             k,
             lse_s: ss.lse,
             lse_t: st.lse,
@@ -647,7 +642,7 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
     };
     let (lse_s, lse_t) = (exact.lse_s, exact.lse_t);
     let fast = match sides {
-        Some((ss, st)) if !ss.dense && !st.dense => Some(Fast {
+        Some((ss, st)) => Some(Fast {
             s: as_f32(s).expect(f32_rows),
             t: as_f32(t).expect(f32_rows),
             us: as_f32(us).expect(f32_rows),
