@@ -49,7 +49,7 @@ test-torch: build-dev
 	fi
 
 ## Miri (Tree Borrows) over the crate's unit tests and tests/small_layouts.rs: the pool, the
-## walks, the tiles and the reductions, at the scalar level, with small blocks (see
+## walks, the tiles, the reductions and the rows from logits, at the scalar level, with small blocks (see
 ## parallel.rs) so that small arrays reach several threads. Needs rustup's nightly toolchain;
 ## adds its miri component. Leaks are not reported (the pool's threads outlive the tests), and
 ## integer-to-pointer casts are allowed (rayon's crossbeam-epoch makes them).

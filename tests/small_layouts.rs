@@ -18,15 +18,19 @@ use ndarray::{arr0, s, Array2, ArrayView2, ArrayViewMut2, Axis, ShapeBuilder};
 const ROWS: usize = if cfg!(miri) { 4 } else { 12 };
 const COLS: usize = if cfg!(miri) { 40 } else { 300 };
 
-/// Log-probabilities and probabilities (or log-probabilities), with some special values.
-fn data<T: Float>(log_target: bool) -> (Array2<T>, Array2<T>) {
-    let mut state = 0x2545f4914f6cdd1d_u64;
-    let mut next = move || {
+/// Uniform numbers in [0, 1) from a fixed seed (xorshift64).
+fn uniform(mut state: u64) -> impl FnMut() -> f64 {
+    move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         (state >> 11) as f64 / (1u64 << 53) as f64
-    };
+    }
+}
+
+/// Log-probabilities and probabilities (or log-probabilities), with some special values.
+fn data<T: Float>(log_target: bool) -> (Array2<T>, Array2<T>) {
+    let mut next = uniform(0x2545f4914f6cdd1d);
     let mut x = Array2::from_shape_simple_fn((ROWS, COLS), || T::from_f64(-8.0 * next()));
     let mut t = Array2::from_shape_simple_fn((ROWS, COLS), || {
         let p = next() / COLS as f64;
@@ -233,5 +237,83 @@ fn sums_that_overflow_halfway_are_summed_again() {
     kldiv::runtime::set_num_threads(2).unwrap();
     let got = kl_div_sum(x.view(), t.view(), false).unwrap();
     assert!((got - 5e307).abs() <= 1e-15 * 5e307, "{got}");
+    kldiv::runtime::set_num_threads(0).unwrap();
+}
+
+/// Logits in every layout, for the loss from logits: the same bits as the C-order case, its
+/// gradient written through every layout too (the crate's `logits` module reads and writes
+/// rows through raw pointers: Miri checks them here).
+#[test]
+fn losses_from_logits_every_layout_one_and_three_threads() {
+    use kldiv::{
+        kl_div_logits_and_grad_into, Bf16, Divergence, Logit, LogitsLoss, LogitsReduction,
+    };
+
+    let mut next = uniform(0x9e3779b97f4a7c15);
+    let s = Array2::from_shape_simple_fn((ROWS, COLS), || (8.0 * next() - 4.0) as f32);
+    let t = Array2::from_shape_simple_fn((ROWS, COLS), || (8.0 * next() - 4.0) as f32);
+    let divergences = [
+        Divergence::Forward,
+        Divergence::Reverse,
+        Divergence::Jsd(0.5),
+    ];
+    let threads: &[usize] = if cfg!(miri) { &[3] } else { &[1, 3] };
+    for &n in threads {
+        kldiv::runtime::set_num_threads(n).unwrap();
+        for (d, temperature) in divergences.into_iter().zip([1.0, 0.25, 0.5]) {
+            let loss = LogitsLoss::new(d).temperature(temperature);
+            let run =
+                |s: ArrayView2<'_, f32>, t: ArrayView2<'_, f32>, g: ArrayViewMut2<'_, f32>| {
+                    kl_div_logits_and_grad_into(s, t, &loss, LogitsReduction::Mean, g).unwrap()
+                };
+            let mut want_grad = Array2::<f32>::zeros((ROWS, COLS));
+            let want = run(s.view(), t.view(), want_grad.view_mut());
+            for (name, a, view) in layouts(&s) {
+                for (gname, mut g, _) in layouts(&Array2::<f32>::zeros((ROWS, COLS))) {
+                    // Under Miri (minutes a case), every gradient layout once.
+                    if cfg!(miri) && d != Divergence::Forward && gname != "C" {
+                        continue;
+                    }
+                    let g_view = match gname {
+                        "strided" => g.slice_mut(s![..;2, 1..;3]),
+                        "reversed" => g.slice_mut(s![..;-1, ..;-1]),
+                        _ => g.view_mut(),
+                    };
+                    let got = run(view(&a), t.view(), g_view);
+                    assert_eq!(got.to_bits(), want.to_bits(), "{d:?} {name} {gname}");
+                    let back = match gname {
+                        "strided" => g.slice(s![..;2, 1..;3]).to_owned(),
+                        "reversed" => g.slice(s![..;-1, ..;-1]).to_owned(),
+                        _ => g.clone(),
+                    };
+                    assert!(back == want_grad, "{d:?} {name} {gname}");
+                }
+            }
+            // A teacher row broadcast over the student's rows, and bfloat16 logits (widened
+            // as they are read, rounded as the gradient is written).
+            let one = t.slice(s![..1, ..]);
+            let mut g = Array2::<f32>::zeros((ROWS, COLS));
+            let broadcast = run(s.view(), one, g.view_mut());
+            let full = one.broadcast((ROWS, COLS)).unwrap().to_owned();
+            let mut g2 = Array2::<f32>::zeros((ROWS, COLS));
+            assert_eq!(
+                broadcast.to_bits(),
+                run(s.view(), full.view(), g2.view_mut()).to_bits()
+            );
+            assert!(g == g2);
+            let sb = s.mapv(|v| Bf16::narrow(f64::from(v)));
+            let tb = t.mapv(|v| Bf16::narrow(f64::from(v)));
+            let mut gb = Array2::from_elem((ROWS, COLS).f(), Bf16::narrow(0.0));
+            let lb = kl_div_logits_and_grad_into(
+                sb.view(),
+                tb.slice(s![..;-1, ..]),
+                &loss,
+                LogitsReduction::Mean,
+                gb.view_mut(),
+            )
+            .unwrap();
+            assert!(lb.is_finite() && gb.iter().all(|v| v.widen().is_finite()));
+        }
+    }
     kldiv::runtime::set_num_threads(0).unwrap();
 }
