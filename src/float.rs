@@ -35,6 +35,12 @@ pub trait Float:
     /// `e^self` in this type's precision ([`crate::math::exp_f32`] or [`crate::math::exp_f64`]).
     fn exp(self) -> Self;
     /// The larger of `self` and `other`, a NaN ignored (`f32::max`, `f64::max`).
+    ///
+    /// # Example
+    /// ```
+    /// use kldiv::Float;
+    /// assert_eq!(Float::max(1.0_f32, f32::NAN), 1.0);
+    /// ```
     fn max(self, other: Self) -> Self;
 }
 

@@ -268,3 +268,15 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(kldiv._logits, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("divergence", DIVERGENCES)
+def test_llama3_vocabulary_rows(divergence):
+    """Rows of 128,256 float32 logits (Llama 3's vocabulary), peaked and flat."""
+    g = np.random.default_rng(13)
+    s = (g.standard_normal((3, 128_256)) * np.array([[1.0], [4.0], [0.1]])).astype(np.float32)
+    t = (s + g.standard_normal(s.shape)).astype(np.float32)
+    loss, grad = call(divergence, s, t, beta=0.5, temperature=1.5, reduction="sum")
+    want, want_grad = reference(s, t, divergence, 0.5, 1.5, reduction="sum")
+    np.testing.assert_allclose(float(loss), want, rtol=1e-6, atol=1e-7)
+    assert_grad_close(grad, want_grad, np.float32)

@@ -1,4 +1,7 @@
-"""PyTorch drop-ins: :func:`kl_div` and :class:`KLDivLoss`, backed by kldiv's kernels.
+"""PyTorch drop-ins: :func:`kl_div` and :class:`KLDivLoss`, backed by kldiv's kernels; and the
+losses from logits (:func:`kl_div_logits`, :func:`jsd_logits`, their modules, and the drop-ins
+for TRL's ``generalized_jsd_loss`` and torchtune's ``ForwardKLLoss``, ``ReverseKLLoss``,
+``SymmetricKLLoss``: see ``kldiv._torch_logits``, whose names this module exports).
 
 ``kldiv.torch.kl_div`` and ``kldiv.torch.KLDivLoss`` take the arguments of
 ``torch.nn.functional.kl_div`` and ``torch.nn.KLDivLoss`` and return the same numbers, with

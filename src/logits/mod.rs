@@ -173,6 +173,13 @@ pub enum LogitsReduction {
 
 /// An element type of logits: `f32`, `f64`, [`Bf16`] or [`F16`], computed in `f32` (`f64` for
 /// `f64`). Sealed.
+///
+/// # Example
+/// ```
+/// use kldiv::{Logit, F16};
+/// assert_eq!(F16::narrow(0.5).widen(), 0.5_f32); // 0.5 is a float16
+/// assert_eq!(<f64 as Logit>::narrow(0.1), 0.1);
+/// ```
 pub trait Logit: Copy + Send + Sync + 'static + sealed::Sealed {
     /// The type the kernels compute in.
     type C: Float;
