@@ -27,26 +27,21 @@ T = 2.0
 
 
 def losses() -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
-    def pytorch(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return F.kl_div(
-            F.log_softmax(s / T, -1),
-            F.log_softmax(t / T, -1),
-            reduction="batchmean",
-            log_target=True,
-        )
+    def composite(kl_div: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        def loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            ls, lt = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
+            return kl_div(ls, lt, reduction="batchmean", log_target=True)
 
-    def kl_div_only(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return kt.kl_div(
-            F.log_softmax(s / T, -1),
-            F.log_softmax(t / T, -1),
-            reduction="batchmean",
-            log_target=True,
-        )
+        return loss
 
     def from_logits(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return kt.kl_div_logits(s, t, temperature=T, reduction="batchmean")
 
-    return {"kl_div_logits": from_logits, "torch": pytorch, "kl_div + torch": kl_div_only}
+    return {
+        "kl_div_logits": from_logits,
+        "torch": composite(F.kl_div),
+        "kl_div + torch": composite(kt.kl_div),
+    }
 
 
 def run(rows: int, cols: int, repeats: int) -> dict[str, float]:

@@ -190,31 +190,33 @@ pub(crate) fn prefetch_ahead<T>(s: &[T], i: usize) {
     prefetch(s.as_ptr().wrapping_add(i + step))
 }
 
-/// Asks the CPU to bring the cache line at `p` into L1 (no effect on other targets, nor under
-/// Miri).
+/// Asks the CPU to bring the cache line at `p` into L1.
 #[inline(always)]
 pub(crate) fn prefetch<T>(p: *const T) {
+    prefetch_into::<0, T>(p)
+}
+
+/// Asks the CPU to bring the cache line at `p` into L2 (not L1: for data wanted a pass or
+/// more later, such as the next row of a loss from logits).
+#[inline(always)]
+pub(crate) fn prefetch_l2<T>(p: *const T) {
+    prefetch_into::<1, T>(p)
+}
+
+/// A prefetch of the cache line at `p` into cache level `LEVEL + 1` (x86's `_MM_HINT_T0` for
+/// 0, `_MM_HINT_T1` for 1). No effect on other targets, nor under Miri.
+#[inline(always)]
+fn prefetch_into<const LEVEL: i32, T>(p: *const T) {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program, so
     // any address is allowed (`p` may lie outside the view: it is made with `wrapping_offset`).
     unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
-    };
-    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-    let _ = p;
-}
-
-/// Asks the CPU to bring the cache line at `p` into L2 (not L1: for data wanted a pass or
-/// more later, such as the next row of a loss from logits). No effect on other targets, nor
-/// under Miri.
-#[inline(always)]
-pub(crate) fn prefetch_l2<T>(p: *const T) {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
-    // SAFETY: as in `prefetch`: a hint, which never faults, for any address.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        if LEVEL == 0 {
+            _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+        } else {
+            _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+        }
     };
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = p;

@@ -305,10 +305,6 @@ def _loss(
     return _composite_loss(student, teacher, weights, spec)
 
 
-def _real(value: object, name: str) -> float:
-    return _logits._real(value, name)
-
-
 def kl_div_logits(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -341,7 +337,7 @@ def kl_div_logits(
     spec = _Spec(
         _logits._divergence(reverse),
         0.0,
-        _real(temperature, "temperature"),
+        _logits._real(temperature, "temperature"),
         labels,
         _logits._ignore_index(ignore_index),
         reduction,
@@ -374,7 +370,7 @@ def jsd_logits(
     spec = _Spec(
         "jsd",
         _logits._beta(beta),
-        _real(temperature, "temperature"),
+        _logits._real(temperature, "temperature"),
         labels,
         _logits._ignore_index(ignore_index),
         reduction,
@@ -497,7 +493,7 @@ def generalized_jsd_loss(
     >>> kldiv.torch.generalized_jsd_loss(s, t, labels, beta=0.5).backward()
     """
     beta = _logits._beta(beta)
-    spec = _Spec("jsd", beta, _real(temperature, "temperature"), labels, _TRL_IGNORE, "sum")
+    spec = _Spec("jsd", beta, _logits._real(temperature, "temperature"), labels, _TRL_IGNORE, "sum")
     if num_items_in_batch is None and reduction == "none":
         return _trl_terms(student_logits, teacher_logits, spec)
     total = _loss(student_logits, teacher_logits, spec, None)
@@ -535,17 +531,23 @@ class _TorchtuneKD(torch.nn.Module):
     """torchtune's knowledge-distillation losses: ``forward(student_logits, teacher_logits,
     labels, normalize=True)`` over rows ``(N, V)`` (or any ``(*rows, V)``) and labels of
     ``N`` values; float32 results, the mean over the counted tokens (``normalize``, 0 when
-    none counts) or their sum."""
+    none counts) or their sum. A subclass names its divergence and torchtune's own formula."""
 
-    _divergence = "forward"
+    _divergence: str
 
     def __init__(self, ignore_index: int = -100) -> None:
         super().__init__()
         self.ignore_index = ignore_index
 
-    def _value(self, student: Tensor, teacher: Tensor, labels: Tensor, normalize: bool) -> Tensor:
-        rows = student.reshape(-1, student.shape[-1]) if student.dim() != 2 else student
-        teach = teacher.reshape(-1, teacher.shape[-1]) if teacher.dim() != 2 else teacher
+    def forward(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        labels: Tensor,
+        normalize: bool = True,
+    ) -> Tensor:
+        rows = student_logits.reshape(-1, student_logits.shape[-1])
+        teach = teacher_logits.reshape(-1, teacher_logits.shape[-1])
         spec = _Spec(
             self._divergence,
             0.0,
@@ -563,15 +565,6 @@ class _TorchtuneKD(torch.nn.Module):
 
     def _torchtune(self, s: Tensor, t: Tensor, labels: Tensor, normalize: bool) -> Tensor:
         raise NotImplementedError  # pragma: no cover
-
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        labels: Tensor,
-        normalize: bool = True,
-    ) -> Tensor:
-        return self._value(student_logits, teacher_logits, labels, normalize)
 
 
 def _torchtune_reduce(x: Tensor, labels: Tensor, ignore_index: int, normalize: bool) -> Tensor:

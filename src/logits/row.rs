@@ -93,15 +93,7 @@ fn row_max<C: Float>(z: &[C]) -> C {
 #[inline(always)]
 fn sum_lanes<C: Float>(v: &[C]) -> Lanes {
     let mut acc = [0.0; LANES];
-    let mut chunks = v.chunks_exact(LANES);
-    for c in &mut chunks {
-        for j in 0..LANES {
-            acc[j] += c[j].to_f64();
-        }
-    }
-    for (j, x) in chunks.remainder().iter().enumerate() {
-        acc[j] += x.to_f64();
-    }
+    add_lanes(&mut acc, v);
     acc
 }
 
@@ -109,19 +101,19 @@ fn sum_lanes<C: Float>(v: &[C]) -> Lanes {
 /// multiple of [`LANES`], so that element `i` still goes to lane `i % LANES`).
 pub(super) const TILE: usize = 1024;
 
-/// Adds `v` into the lanes `acc` as [`sum_lanes`] does (element `j` into lane `j % LANES`, in
-/// order), continuing earlier tiles; `v` holds a whole number of lanes but at the row's end.
+/// Adds `v` into the lanes `acc` (element `j` into lane `j % LANES`, in order, in `f64`),
+/// continuing earlier tiles; `v` holds a whole number of lanes but at the row's end.
 #[inline(always)]
-fn add_lanes(acc: &mut Lanes, v: &[f64]) {
+fn add_lanes<C: Float>(acc: &mut Lanes, v: &[C]) {
     let mut a = *acc; // a local copy stays in registers: the loop vectorises
     let mut chunks = v.chunks_exact(LANES);
     for c in &mut chunks {
         for j in 0..LANES {
-            a[j] += c[j];
+            a[j] += c[j].to_f64();
         }
     }
     for (j, x) in chunks.remainder().iter().enumerate() {
-        a[j] += x;
+        a[j] += x.to_f64();
     }
     *acc = a;
 }
@@ -162,13 +154,12 @@ fn flagged(idx: &mut Vec<u32>, flags: &[u8]) -> bool {
 struct Side {
     lse: f64,
     inv_sum: f32,
-    /// Whether the row takes the exact path (see [`DENSE`]).
-    dense: bool,
 }
 
 /// [`Side`] of a row of `f32` logits: the maximum, then `u` in `f32` and its sum in `f64`
 /// lanes, then the `u` above [`BIG`] times that sum summed again in `f64`. NaN for a row
-/// holding a NaN or only -inf.
+/// holding a NaN or only -inf. `None` where too many are above it (see [`DENSE`]): the row
+/// takes the exact path.
 #[inline(always)]
 fn softmax_f32(
     z: &[f32],
@@ -177,7 +168,7 @@ fn softmax_f32(
     marks: &mut [u8],
     g: &mut Gathered<'_>,
     next: Next,
-) -> Side {
+) -> Option<Side> {
     let max = row_max(z);
     let k32 = k as f32;
     let u = &mut u[..z.len()];
@@ -201,12 +192,7 @@ fn softmax_f32(
     }
     let (idx, x) = (&mut *g.idx, &mut *g.a);
     if !flagged(idx, marks) {
-        // `row` computes the row on the exact path, both sides anew.
-        return Side {
-            lse: f64::NAN,
-            inv_sum: 0.0,
-            dense: true,
-        };
+        return None;
     }
     x.clear();
     x.extend(idx.iter().map(|&v| (z[v as usize] as f64 - max as f64) * k)); // exact difference
@@ -219,11 +205,10 @@ fn softmax_f32(
         .map(|(&v, &e)| e - u[v as usize] as f64)
         .sum();
     sum += fix;
-    Side {
+    Some(Side {
         lse: max as f64 * k + ln_f64(sum),
         inv_sum: (1.0 / sum) as f32,
-        dense: false,
-    }
+    })
 }
 
 /// The memory of the row that the thread likely computes next (the rows of a claim are
@@ -334,6 +319,7 @@ pub(super) struct Gathered<'a> {
 impl Gathered<'_> {
     /// Gathers the elements `idx` of `s` and `t` into `a` and `b` (every element, in order,
     /// with `idx` empty, if `dense`).
+    #[inline(always)]
     fn gather<C: Float>(&mut self, s: &[C], t: &[C], dense: bool) {
         let m = if dense { s.len() } else { self.idx.len() };
         for v in [&mut *self.a, &mut *self.b, &mut *self.c, &mut *self.d] {
@@ -603,20 +589,20 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
     } = kernel;
     let n = s.len();
     let f32_rows = "the vectorised path's rows are f32";
-    // A row shorter than DENSE always has too many large elements for the fast path (its
-    // maximum alone is one): straight to the exact path, with the same results.
-    // Both sides on the f32 path, or None: the row takes the exact path (then the teacher's
-    // side is not tried once the student's is dense).
+    // Both sides on the f32 path, or None: the row takes the exact path (the teacher's side
+    // is not tried once the student's goes dense). A row shorter than DENSE always would (its
+    // maximum alone is a large element): it goes there at once, with the same results.
     let sides = match (as_f32(s), as_f32(t)) {
+        // (No closure around the softmaxes: a closure does not take the SIMD level's target
+        // features, and would run them at the baseline level, eight times slower.)
         (Some(fs), Some(ft)) if n >= DENSE => {
             let us = as_f32_mut(us).expect(f32_rows);
-            let ss = softmax_f32(fs, k, us, sums.flags, &mut g, next[0]);
-            if ss.dense {
-                None
-            } else {
-                let ut = as_f32_mut(ut).expect(f32_rows);
-                let st = softmax_f32(ft, k, ut, sums.flags, &mut g, next[1]);
-                (!st.dense).then_some((ss, st))
+            match softmax_f32(fs, k, us, sums.flags, &mut g, next[0]) {
+                Some(ss) => {
+                    let ut = as_f32_mut(ut).expect(f32_rows);
+                    softmax_f32(ft, k, ut, sums.flags, &mut g, next[1]).map(|st| (ss, st))
+                }
+                None => None,
             }
         }
         _ => None,
