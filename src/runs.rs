@@ -203,19 +203,27 @@ pub(crate) fn prefetch_l2<T>(p: *const T) {
     prefetch_into::<1, T>(p)
 }
 
-/// A prefetch of the cache line at `p` into cache level `LEVEL + 1` (x86's `_MM_HINT_T0` for
-/// 0, `_MM_HINT_T1` for 1). No effect on other targets, nor under Miri.
+/// Asks the CPU to bring the cache line at `p` into L2 to be written (so that a later store
+/// finds it there, owned, and does not wait for it: a row of a gradient).
+#[inline(always)]
+pub(crate) fn prefetch_l2_write<T>(p: *const T) {
+    prefetch_into::<2, T>(p)
+}
+
+/// A prefetch of the cache line at `p` into cache level 1 for `LEVEL` 0, level 2 for 1, level
+/// 2 to be written for 2 (x86's `_MM_HINT_T0`, `_MM_HINT_T1`, `_MM_HINT_ET1`). No effect on
+/// other targets, nor under Miri.
 #[inline(always)]
 fn prefetch_into<const LEVEL: i32, T>(p: *const T) {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program, so
     // any address is allowed (`p` may lie outside the view: it is made with `wrapping_offset`).
     unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
-        if LEVEL == 0 {
-            _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
-        } else {
-            _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET1, _MM_HINT_T0, _MM_HINT_T1};
+        match LEVEL {
+            0 => _mm_prefetch::<_MM_HINT_T0>(p as *const i8),
+            1 => _mm_prefetch::<_MM_HINT_T1>(p as *const i8),
+            _ => _mm_prefetch::<_MM_HINT_ET1>(p as *const i8),
         }
     };
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]

@@ -751,6 +751,14 @@ where
                 }
             }
             let in_place = direct.is_some();
+            // Its memory, fetched to be written while the row's softmaxes compute.
+            let out_row = match &g_op {
+                Some((op, _)) if op.stride == 1 => Next {
+                    ptr: op.row(r) as *const u8,
+                    bytes: vocab * std::mem::size_of::<G>(),
+                },
+                _ => Next::NONE,
+            };
             let out: &mut [S::C] = match direct {
                 Some(row) => row,
                 None => {
@@ -796,6 +804,7 @@ where
                     divergence,
                     grad_scale: g_op.as_ref().map(|(_, scale)| w * scale(r)),
                     next: [s_op.next(r, n_rows, vocab), t_op.next(r, n_rows, vocab)],
+                    out_row,
                 })
             };
             if let Some((op, _)) = &g_op {
