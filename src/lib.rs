@@ -34,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+mod compare;
 mod error;
 mod float;
 mod grad;
@@ -52,6 +53,9 @@ mod walk;
 #[cfg(feature = "python")]
 mod py;
 
+pub use compare::{
+    compare_kld_rows, compare_logits_rows, kld_base_row, Estimate, KldHeader, PerToken, Summary,
+};
 pub use error::Error;
 pub use float::Float;
 pub use grad::{

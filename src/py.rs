@@ -383,6 +383,30 @@ py_logit!(f64, f64, "itself");
 py_logit!(crate::Bf16, u16, "a wrapper");
 py_logit!(crate::F16, u16, "a wrapper");
 
+/// `$go!(A, B)` for the element types of two logit kinds ("float32", "float64", "bfloat16",
+/// "float16") that compute in one type; a `TypeError` for others.
+macro_rules! by_logit_kinds {
+    ($a:expr, $b:expr, $go:ident) => {{
+        use crate::{Bf16, F16};
+        match ($a, $b) {
+            ("float64", "float64") => $go!(f64, f64),
+            ("float32", "float32") => $go!(f32, f32),
+            ("float32", "bfloat16") => $go!(f32, Bf16),
+            ("float32", "float16") => $go!(f32, F16),
+            ("bfloat16", "float32") => $go!(Bf16, f32),
+            ("bfloat16", "bfloat16") => $go!(Bf16, Bf16),
+            ("bfloat16", "float16") => $go!(Bf16, F16),
+            ("float16", "float32") => $go!(F16, f32),
+            ("float16", "bfloat16") => $go!(F16, Bf16),
+            ("float16", "float16") => $go!(F16, F16),
+            (a, b) => Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "logits of kinds {a} and {b} do not compute in one type (float64 goes with \
+                 float64)"
+            ))),
+        }
+    }};
+}
+
 /// What a call of [`logits`] asks for, less the arrays.
 struct LogitsCall<'a> {
     loss: crate::LogitsLoss<'a>,
@@ -453,7 +477,6 @@ fn logits(
     grad_output: f64,
     grad_rows: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<(f64, f64)> {
-    use crate::{Bf16, F16};
     let divergence = divergence_of(divergence, beta)?;
     let reduction = logits_reduction(reduction)?;
     let labels: Option<In<'_, i64>> = labels.map(|a| a.extract()).transpose()?;
@@ -476,21 +499,224 @@ fn logits(
             logits_of::<$s, $t>(py, s, t, call, rows_out, grad, grad_rows)
         };
     }
-    match (student_kind, teacher_kind) {
-        ("float64", "float64") => go!(f64, f64),
-        ("float32", "float32") => go!(f32, f32),
-        ("float32", "bfloat16") => go!(f32, Bf16),
-        ("float32", "float16") => go!(f32, F16),
-        ("bfloat16", "float32") => go!(Bf16, f32),
-        ("bfloat16", "bfloat16") => go!(Bf16, Bf16),
-        ("bfloat16", "float16") => go!(Bf16, F16),
-        ("float16", "float32") => go!(F16, f32),
-        ("float16", "bfloat16") => go!(F16, Bf16),
-        ("float16", "float16") => go!(F16, F16),
-        (a, b) => Err(pyo3::exceptions::PyTypeError::new_err(format!(
-            "logits of kinds {a} and {b} do not compute in one type (float64 goes with float64)"
+    by_logit_kinds!(student_kind, teacher_kind, go)
+}
+
+/// The fields of a llama.cpp `.kld` header (see [`crate::KldHeader`]): `(n_ctx, n_vocab,
+/// n_chunk, row_len, first, scored, rows_offset)` of a file of `file_len` bytes starting
+/// with `head`.
+#[pyfunction]
+fn kld_header(
+    head: &[u8],
+    file_len: u64,
+) -> PyResult<(usize, usize, usize, usize, usize, usize, u64)> {
+    let h = crate::KldHeader::parse(head, file_len).map_err(py_error)?;
+    Ok((
+        h.n_ctx,
+        h.n_vocab,
+        h.n_chunk,
+        h.row_len(),
+        h.first(),
+        h.scored(),
+        h.rows_offset(),
+    ))
+}
+
+/// The header bytes of a `.kld` file for these sizes (checked), and its total length.
+#[pyfunction]
+fn kld_header_bytes(n_ctx: usize, n_vocab: usize, n_chunk: usize) -> PyResult<(Vec<u8>, u64)> {
+    let h = crate::KldHeader::new(n_ctx, n_vocab, n_chunk).map_err(py_error)?;
+    Ok((h.to_bytes().to_vec(), h.file_len()))
+}
+
+/// `.kld` rows (see [`crate::kld_base_row`]) of float32 logits `(rows, V)` into `out`
+/// `(rows, row_len)`, `uint16`.
+#[pyfunction]
+fn kld_base_rows(logits: In<'_, f32>, mut out: Out<'_, u16>) -> PyResult<()> {
+    let z = logits.as_array();
+    let mut o = out.as_array_mut();
+    let (rows, ok) = match (z.shape(), o.shape()) {
+        ([r, v], [r2, w]) => (
+            *r,
+            r == r2 && *w == crate::KldHeader::row_len_of(*v) && *v > 0,
+        ),
+        _ => (0, false),
+    };
+    if !ok {
+        return Err(PyValueError::new_err(format!(
+            "kld_base_rows: logits of shape {:?} do not fit rows of shape {:?}",
+            z.shape(),
+            o.shape()
+        )));
+    }
+    let mut zrow = Vec::new();
+    let mut orow = Vec::new();
+    for r in 0..rows {
+        zrow.clear();
+        zrow.extend(z.index_axis(numpy::ndarray::Axis(0), r).iter());
+        orow.clear();
+        orow.extend(o.index_axis(numpy::ndarray::Axis(0), r).iter());
+        crate::kld_base_row(&zrow, &mut orow);
+        for (d, &v) in o
+            .index_axis_mut(numpy::ndarray::Axis(0), r)
+            .iter_mut()
+            .zip(&orow)
+        {
+            *d = v;
+        }
+    }
+    Ok(())
+}
+
+/// The per-token outputs of a comparison, as contiguous NumPy arrays.
+type PerTokenOut<'py> = (
+    Out<'py, f64>,
+    Out<'py, f64>,
+    Out<'py, u8>,
+    Out<'py, f64>,
+    Out<'py, f64>,
+);
+
+/// Runs `f` on [`crate::PerToken`] views of `outs`.
+fn with_per_token<R: Send>(
+    py: Python<'_>,
+    outs: &mut PerTokenOut<'_>,
+    f: impl FnOnce(&mut crate::PerToken<'_>) -> Result<R, Error> + Send,
+) -> PyResult<R> {
+    let (a, b, c, d, e) = outs;
+    fn one(x: ArrayViewMutD<'_, f64>) -> Option<numpy::ndarray::ArrayViewMut1<'_, f64>> {
+        x.into_dimensionality().ok()
+    }
+    let bad = || PyValueError::new_err("kldiv: the per-token outputs are one-dimensional");
+    let (a, b, d, e) = (
+        one(a.as_array_mut()).ok_or_else(bad)?,
+        one(b.as_array_mut()).ok_or_else(bad)?,
+        one(d.as_array_mut()).ok_or_else(bad)?,
+        one(e.as_array_mut()).ok_or_else(bad)?,
+    );
+    let c = c
+        .as_array_mut()
+        .into_dimensionality::<numpy::ndarray::Ix1>()
+        .map_err(|_| bad())?;
+    let mut out = crate::PerToken::from_views(a, b, c, d, e).map_err(py_error)?;
+    run(py, || f(&mut out))
+}
+
+/// Scores logits `other` (`(rows, V)` of `kind` "float32", "bfloat16" or "float16") against
+/// a `.kld` base's rows `base` (`uint16`) with the next tokens `next`, into the per-token
+/// outputs (see [`crate::compare_kld_rows`]).
+#[pyfunction]
+fn compare_kld(
+    py: Python<'_>,
+    other: &Bound<'_, PyAny>,
+    kind: &str,
+    base: In<'_, u16>,
+    next: In<'_, i64>,
+    mut outs: PerTokenOut<'_>,
+) -> PyResult<()> {
+    use numpy::ndarray::{Ix1, Ix2};
+    let two = |e| PyValueError::new_err(format!("kldiv.compare: {e}"));
+    let b = base.as_array().into_dimensionality::<Ix2>().map_err(two)?;
+    let n = next.as_array().into_dimensionality::<Ix1>().map_err(two)?;
+    macro_rules! go {
+        ($t:ty) => {{
+            let o: In<'_, <$t as PyLogit>::Np> = other.extract()?;
+            let o = <$t>::view(o.as_array())
+                .into_dimensionality::<Ix2>()
+                .map_err(two)?;
+            with_per_token(py, &mut outs, |out| crate::compare_kld_rows(o, b, n, out))
+        }};
+    }
+    match kind {
+        "float32" => go!(f32),
+        "bfloat16" => go!(crate::Bf16),
+        "float16" => go!(crate::F16),
+        k => Err(PyValueError::new_err(format!(
+            "kldiv.compare: logits of kind {k}"
         ))),
     }
+}
+
+/// Scores logits `other` against a base's logits `base` exactly (see
+/// [`crate::compare_logits_rows`]); both of one compute type.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn compare_logits(
+    py: Python<'_>,
+    base: &Bound<'_, PyAny>,
+    base_kind: &str,
+    other: &Bound<'_, PyAny>,
+    other_kind: &str,
+    next: In<'_, i64>,
+    mut outs: PerTokenOut<'_>,
+) -> PyResult<()> {
+    use numpy::ndarray::{Ix1, Ix2};
+    let two = |e| PyValueError::new_err(format!("kldiv.compare: {e}"));
+    let n = next.as_array().into_dimensionality::<Ix1>().map_err(two)?;
+    macro_rules! go {
+        ($b:ty, $o:ty) => {{
+            let (bb, oo): (In<'_, <$b as PyLogit>::Np>, In<'_, <$o as PyLogit>::Np>) =
+                (base.extract()?, other.extract()?);
+            let b = <$b>::view(bb.as_array())
+                .into_dimensionality::<Ix2>()
+                .map_err(two)?;
+            let o = <$o>::view(oo.as_array())
+                .into_dimensionality::<Ix2>()
+                .map_err(two)?;
+            with_per_token(py, &mut outs, |out| {
+                crate::compare_logits_rows(b, o, n, out)
+            })
+        }};
+    }
+    by_logit_kinds!(base_kind, other_kind, go)
+}
+
+/// The summary of per-token values (see [`crate::Summary`]) as a dict.
+#[pyfunction]
+fn compare_summary<'py>(
+    py: Python<'py>,
+    kld: In<'_, f64>,
+    delta_p: In<'_, f64>,
+    top: In<'_, u8>,
+    nll: In<'_, f64>,
+    nll_base: In<'_, f64>,
+    llama: bool,
+) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+    let sl = |a: &In<'_, f64>| a.as_slice().map(|s| s.to_vec());
+    let bad = |_| PyValueError::new_err("kldiv: the per-token values must be contiguous");
+    let (k, d, n, b) = (
+        sl(&kld).map_err(bad)?,
+        sl(&delta_p).map_err(bad)?,
+        sl(&nll).map_err(bad)?,
+        sl(&nll_base).map_err(bad)?,
+    );
+    let t = top.as_slice().map_err(bad)?;
+    if [d.len(), t.len(), n.len(), b.len()]
+        .iter()
+        .any(|&m| m != k.len())
+    {
+        return Err(PyValueError::new_err(
+            "kldiv: the per-token values have one length",
+        ));
+    }
+    let s = crate::Summary::new(&k, &d, t, &n, &b, llama);
+    let out = pyo3::types::PyDict::new(py);
+    out.set_item("count", s.count)?;
+    out.set_item("ppl", s.ppl)?;
+    out.set_item("ppl_base", s.ppl_base)?;
+    out.set_item("cor", s.cor)?;
+    out.set_item("log_ppl_ratio", s.log_ppl_ratio)?;
+    out.set_item("ppl_ratio", s.ppl_ratio)?;
+    out.set_item("ppl_diff", s.ppl_diff)?;
+    out.set_item("kld", s.kld)?;
+    out.set_item("kld_quantiles", s.kld_quantiles)?;
+    out.set_item("delta_p", s.delta_p)?;
+    out.set_item("delta_p_quantiles", s.delta_p_quantiles)?;
+    out.set_item("delta_p_rms", s.delta_p_rms)?;
+    out.set_item("same_top", s.same_top)?;
+    out.set_item("top5", s.top5)?;
+    out.set_item("top10", s.top10)?;
+    Ok(out)
 }
 
 /// A reduction's name as the logits' losses take it (`None`: "none").
@@ -818,6 +1044,12 @@ fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(detected_simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(check_outputs, m)?)?;
     m.add_function(wrap_pyfunction!(shutdown, m)?)?;
+    m.add_function(wrap_pyfunction!(kld_header, m)?)?;
+    m.add_function(wrap_pyfunction!(kld_header_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(kld_base_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(compare_kld, m)?)?;
+    m.add_function(wrap_pyfunction!(compare_logits, m)?)?;
+    m.add_function(wrap_pyfunction!(compare_summary, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_DIMS", MAX_DIMS)?;
     m.add("MAX_THREADS", crate::runtime::MAX_THREADS)?;

@@ -10,6 +10,7 @@ The loss term is ``t * (log t - x)``; see :func:`kl_div`. The work runs in a Rus
 parallel, with float64 accumulation and the same bits for every thread count and layout.
 """
 
+from ._compare import CompareReport, compare, write_kld_base
 from ._kldiv import __version__
 from ._logits import jsd_logits, jsd_logits_and_grad, kl_div_logits, kl_div_logits_and_grad
 from ._loss import (
@@ -26,10 +27,12 @@ from ._loss import (
 )
 
 __all__ = [
+    "CompareReport",
     "MAX_THREADS",
     "REDUCTIONS",
     "KLDivLoss",
     "__version__",
+    "compare",
     "get_num_threads",
     "jsd_logits",
     "jsd_logits_and_grad",
@@ -40,6 +43,7 @@ __all__ = [
     "kl_div_logits_and_grad",
     "set_num_threads",
     "simd_level",
+    "write_kld_base",
 ]
 
 _check_env()

@@ -6,8 +6,11 @@ of one dtype and any strides (outputs of the loss's shape), broadcast under NumP
 :func:`kldiv.kl_div`, which converts and checks its arguments.
 """
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
+from numpy.typing import NDArray
 
 __version__: str
 MAX_DIMS: int
@@ -120,3 +123,61 @@ def check_outputs(
 
 def shutdown() -> None:
     """Readies kernel calls for interpreter exit (atexit): see src/py.rs."""
+
+def kld_header(head: bytes, file_len: int) -> tuple[int, int, int, int, int, int, int]:
+    """(n_ctx, n_vocab, n_chunk, row_len, first, scored, rows_offset) of a llama.cpp .kld file."""
+
+def kld_header_bytes(n_ctx: int, n_vocab: int, n_chunk: int) -> tuple[list[int], int]:
+    """The header bytes of a .kld file for these sizes, and the file's total length."""
+
+def kld_base_rows(logits: NDArray[np.float32], out: NDArray[np.uint16]) -> None:
+    """.kld rows of float32 logits (rows, V) into out (rows, row_len)."""
+
+_PerTokenOut = tuple[
+    NDArray[np.float64],
+    NDArray[np.float64],
+    NDArray[np.uint8],
+    NDArray[np.float64],
+    NDArray[np.float64],
+]
+
+def compare_kld(
+    other: NDArray[Any],
+    kind: str,
+    base: NDArray[np.uint16],
+    next: NDArray[np.int64],
+    outs: tuple[
+        NDArray[np.float64],
+        NDArray[np.float64],
+        NDArray[np.uint8],
+        NDArray[np.float64],
+        NDArray[np.float64],
+    ],
+) -> None:
+    """Scores logits against a .kld base's rows, llama.cpp's way, into the per-token outputs."""
+
+def compare_logits(
+    base: NDArray[Any],
+    base_kind: str,
+    other: NDArray[Any],
+    other_kind: str,
+    next: NDArray[np.int64],
+    outs: tuple[
+        NDArray[np.float64],
+        NDArray[np.float64],
+        NDArray[np.uint8],
+        NDArray[np.float64],
+        NDArray[np.float64],
+    ],
+) -> None:
+    """Scores logits against a base's logits exactly, into the per-token outputs."""
+
+def compare_summary(
+    kld: NDArray[np.float64],
+    delta_p: NDArray[np.float64],
+    top: NDArray[np.uint8],
+    nll: NDArray[np.float64],
+    nll_base: NDArray[np.float64],
+    llama: bool,
+) -> dict[str, Any]:
+    """llama.cpp's final statistics of per-token values."""

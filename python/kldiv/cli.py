@@ -425,6 +425,45 @@ def bench(a: argparse.Namespace, rest: list[str]) -> int:
     return _bench.main(rest, prog="kldiv bench")
 
 
+def compare(a: argparse.Namespace) -> int:
+    """``kldiv compare BASE OTHER``: llama.cpp's KL-divergence statistics (see
+    :func:`kldiv.compare`), printed as llama.cpp prints them; ``--json`` writes the summary and
+    the per-token values (through a temporary file)."""
+    from . import _compare, _loss
+
+    for path in (a.base, a.other, a.tokens):
+        if path is not None:
+            _check_input(path)
+    if a.threads is not None:
+        _loss.set_num_threads(a.threads)
+    report = _compare.compare(a.base, a.other, a.tokens, n_ctx=a.ctx)
+    print(report.to_text(), end="")
+    if a.json:
+        report.to_json(a.json)
+    return 0
+
+
+def kld_base(a: argparse.Namespace) -> int:
+    """``kldiv kld-base LOGITS TOKENS --ctx N -o BASE.kld``: a llama.cpp base file, byte for
+    byte as llama.cpp writes it (see :func:`kldiv.write_kld_base`)."""
+    from . import _compare
+
+    for path in (a.logits, a.tokens):
+        _check_input(path)
+    _compare.write_kld_base(a.logits, a.tokens, a.ctx, a.output)
+    return 0
+
+
+def _check_input(path: str) -> None:
+    """A readable regular file, or a one-line error."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise CliError(f"{path}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise CliError(f"{path}: not a regular file")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kldiv", description="KL divergence loss (PyTorch's kl_div)")
     p.add_argument("--version", action="version", version=f"kldiv {__version__}")
@@ -465,6 +504,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar.add_argument(
         "--progress", action="store_true", help="a progress bar even when stderr is not a terminal"
     )
+    cp = sub.add_parser(
+        "compare", help="llama.cpp's KL-divergence statistics of two models' logits"
+    )
+    cp.add_argument("base", help="a llama.cpp .kld base file, or the base model's logits (.npy)")
+    cp.add_argument("other", help="the other model's logits (.npy), every position of every window")
+    cp.add_argument("--tokens", help="the tokens (.npy), for logits on both sides")
+    cp.add_argument("--ctx", type=int, help="n_ctx, the window length, for logits on both sides")
+    cp.add_argument("--json", help="write the summary and per-token values to this JSON file")
+    cp.add_argument("--threads", type=int, help="threads (default: all CPUs)")
+    kp = sub.add_parser("kld-base", help="write a llama.cpp .kld base file from logits")
+    kp.add_argument("logits", help="the base model's logits (.npy), every position of every window")
+    kp.add_argument("tokens", help="the tokens (.npy)")
+    kp.add_argument("--ctx", type=int, required=True, help="n_ctx, the window length")
+    kp.add_argument("-o", "--output", required=True, help="the .kld file to write")
     sub.add_parser(
         "bench",
         help="the benchmark table (writes no file unless --json/--png); kldiv bench --help",
@@ -476,6 +529,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return bench(args, rest)
         if rest:
             p.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command == "compare":
+            return compare(args)
+        if args.command == "kld-base":
+            return kld_base(args)
         if args.from_logits:
             return loss_from_logits(args)
         for flag in ("temperature", "reverse", "beta", "labels", "ignore_index"):

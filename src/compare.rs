@@ -1,0 +1,873 @@
+//! Comparing two models' next-token distributions, the job of llama.cpp's `llama-perplexity
+//! --kl-divergence` (`tools/perplexity/perplexity.cpp` in ggml-org/llama.cpp).
+//!
+//! llama.cpp stores a base model's log-probabilities in a `.kld` file ([`KldHeader`], rows of
+//! [`kld_base_row`]), then scores a second model's logits against it token by token
+//! ([`compare_kld_rows`]) and summarises ([`Summary`]). Its definitions are kept here exactly:
+//! the `uint16` quantisation, the cut of base log-probabilities at −16 (so a token's value can
+//! be negative), the `float` arithmetic of its sums and percentiles. [`compare_logits_rows`]
+//! computes the same statistics from float logits on both sides exactly: the KL divergence over
+//! the whole vocabulary, in `f64`, with nothing cut.
+//!
+//! Windows: llama.cpp scores positions `n_ctx/2 .. n_ctx-2` of each `n_ctx`-token window, the
+//! logits of position `j` predicting token `j + 1` ([`KldHeader::scored`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1};
+
+use crate::error::Error;
+use crate::float::Float;
+use crate::logits::{kl_div_logits_rows_into, Divergence, Logit, LogitsLoss};
+use crate::math::{exp_f64, ln_f64};
+use crate::parallel::for_each_task;
+
+/// The header of a llama.cpp `.kld` base file: the magic `_logits_`, then `n_ctx`, `n_vocab`
+/// and `n_chunk` as little-endian `i32`, then the `n_chunk * n_ctx` tokens (`i32`), then, for
+/// every window, its [`scored`](Self::scored) rows of [`row_len`](Self::row_len) `u16`.
+///
+/// # Example
+/// ```
+/// use kldiv::KldHeader;
+/// let h = KldHeader::new(64, 1000, 8).unwrap();
+/// let bytes = h.to_bytes();
+/// assert_eq!(&bytes[..8], b"_logits_");
+/// assert_eq!(KldHeader::parse(&bytes, h.file_len()).unwrap(), h);
+/// assert_eq!((h.scored(), h.row_len()), (31, 1004));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KldHeader {
+    /// The window length in tokens.
+    pub n_ctx: usize,
+    /// The vocabulary size.
+    pub n_vocab: usize,
+    /// The number of windows.
+    pub n_chunk: usize,
+}
+
+impl KldHeader {
+    /// The bytes of the header before the tokens.
+    pub const LEN: usize = 20;
+    /// The file's first eight bytes.
+    pub const MAGIC: &'static [u8; 8] = b"_logits_";
+
+    /// A header, checked: `n_ctx` at least 3 (so that a window scores a token), a vocabulary
+    /// of at least one entry, sizes that fit llama.cpp's `i32` fields.
+    ///
+    /// # Errors
+    /// [`Error::Argument`] otherwise.
+    ///
+    /// # Example
+    /// ```
+    /// assert!(kldiv::KldHeader::new(2, 1000, 1).is_err());
+    /// ```
+    pub fn new(n_ctx: usize, n_vocab: usize, n_chunk: usize) -> Result<KldHeader, Error> {
+        let fits = |v: usize| v <= i32::MAX as usize;
+        if n_ctx < 3 || n_vocab == 0 || !fits(n_ctx) || !fits(n_vocab) || !fits(n_chunk) {
+            return Err(Error::Argument(format!(
+                "a llama.cpp KL-divergence base needs n_ctx >= 3 and a vocabulary of at least \
+                 one entry, each below 2^31; got n_ctx {n_ctx}, vocabulary {n_vocab}, \
+                 {n_chunk} windows"
+            )));
+        }
+        Ok(KldHeader {
+            n_ctx,
+            n_vocab,
+            n_chunk,
+        })
+    }
+
+    /// The header of a file of `file_len` bytes that starts with `head` (at least
+    /// [`LEN`](Self::LEN) bytes), checked against that length.
+    ///
+    /// # Errors
+    /// [`Error::Argument`], one line, where the magic is missing, a field is out of range or
+    /// the file is shorter or longer than its header says (truncated or not a `.kld` file).
+    ///
+    /// # Example
+    /// ```
+    /// use kldiv::KldHeader;
+    /// let h = KldHeader::new(8, 10, 2).unwrap();
+    /// let err = KldHeader::parse(&h.to_bytes(), h.file_len() - 1).unwrap_err();
+    /// assert!(err.to_string().contains("truncated"));
+    /// ```
+    pub fn parse(head: &[u8], file_len: u64) -> Result<KldHeader, Error> {
+        if head.len() < Self::LEN || &head[..8] != Self::MAGIC {
+            return Err(Error::Argument(
+                "not a llama.cpp KL-divergence base file (it does not start with '_logits_' \
+                 and its three sizes)"
+                    .into(),
+            ));
+        }
+        let field = |i: usize| i32::from_le_bytes(head[i..i + 4].try_into().expect("4 bytes"));
+        let (n_ctx, n_vocab, n_chunk) = (field(8), field(12), field(16));
+        let size = |v: i32| usize::try_from(v).unwrap_or(usize::MAX);
+        let h = KldHeader::new(size(n_ctx), size(n_vocab), size(n_chunk))?;
+        let want = h.file_len();
+        if file_len != want {
+            let what = if file_len < want {
+                "truncated"
+            } else {
+                "longer than its header says"
+            };
+            return Err(Error::Argument(format!(
+                "the llama.cpp KL-divergence base file is {what}: n_ctx {n_ctx}, vocabulary \
+                 {n_vocab} and {n_chunk} windows make {want} bytes, the file has {file_len}"
+            )));
+        }
+        Ok(h)
+    }
+
+    /// The header's [`LEN`](Self::LEN) bytes, as llama.cpp writes them.
+    ///
+    /// # Example
+    /// ```
+    /// let b = kldiv::KldHeader::new(512, 32000, 1).unwrap().to_bytes();
+    /// assert_eq!(i32::from_le_bytes(b[12..16].try_into().unwrap()), 32000);
+    /// ```
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut b = [0; Self::LEN];
+        b[..8].copy_from_slice(Self::MAGIC);
+        for (i, v) in [self.n_ctx, self.n_vocab, self.n_chunk]
+            .into_iter()
+            .enumerate()
+        {
+            b[8 + 4 * i..12 + 4 * i].copy_from_slice(&(v as i32).to_le_bytes());
+        }
+        b
+    }
+
+    /// The `u16`s of a stored row: two `f32` (the scale and the minimum log-probability) and
+    /// the vocabulary, rounded up to an even count.
+    ///
+    /// # Example
+    /// ```
+    /// assert_eq!(kldiv::KldHeader::new(4, 5, 1).unwrap().row_len(), 10);
+    /// ```
+    pub fn row_len(&self) -> usize {
+        Self::row_len_of(self.n_vocab)
+    }
+
+    /// [`row_len`](Self::row_len) for a vocabulary of `n_vocab` entries.
+    ///
+    /// # Example
+    /// ```
+    /// assert_eq!(kldiv::KldHeader::row_len_of(32000), 32004);
+    /// ```
+    pub fn row_len_of(n_vocab: usize) -> usize {
+        2 * n_vocab.div_ceil(2) + 4
+    }
+
+    /// The position of a window's first scored row, `n_ctx / 2`.
+    ///
+    /// # Example
+    /// ```
+    /// assert_eq!(kldiv::KldHeader::new(64, 5, 1).unwrap().first(), 32);
+    /// ```
+    pub fn first(&self) -> usize {
+        self.n_ctx / 2
+    }
+
+    /// The rows scored in a window, `n_ctx - 1 - n_ctx/2` (the last position has no next token).
+    ///
+    /// # Example
+    /// ```
+    /// assert_eq!(kldiv::KldHeader::new(64, 5, 1).unwrap().scored(), 31);
+    /// ```
+    pub fn scored(&self) -> usize {
+        self.n_ctx - 1 - self.first()
+    }
+
+    /// The offset of the stored rows, after the header and the tokens.
+    ///
+    /// # Example
+    /// ```
+    /// assert_eq!(kldiv::KldHeader::new(64, 5, 2).unwrap().rows_offset(), 20 + 4 * 128);
+    /// ```
+    pub fn rows_offset(&self) -> u64 {
+        Self::LEN as u64 + 4 * (self.n_ctx as u64) * (self.n_chunk as u64)
+    }
+
+    /// The size of the whole file in bytes.
+    ///
+    /// # Example
+    /// ```
+    /// let h = kldiv::KldHeader::new(64, 1000, 8).unwrap();
+    /// assert_eq!(h.file_len(), 500_052);
+    /// ```
+    pub fn file_len(&self) -> u64 {
+        let rows = (self.n_chunk as u64) * (self.scored() as u64);
+        self.rows_offset() + rows * (self.row_len() as u64) * 2
+    }
+}
+
+/// llama.cpp's rounding of a `float` to the nearest integer (ties to even), for `|v| < 2^22`.
+fn nearest_int(v: f32) -> i32 {
+    let bits = (v + 12_582_912.0).to_bits() as i32;
+    (bits & 0x007f_ffff) - 0x0040_0000
+}
+
+/// One row of a `.kld` base file from a row of logits, as llama.cpp writes it: the row's
+/// maximum `M` and `m = max(min, M - 16)`, the scale `(M - m) / 65535` and `m - M - ln Σ
+/// e^(z - M)` as two `f32` in the first four `u16`, then each logit above `m` as `round((z -
+/// m) / scale)`, the others 0. `out` holds [`KldHeader::row_len`] values; an odd
+/// vocabulary's padding is left as it is (llama.cpp's is 0). In `f32` as llama.cpp computes
+/// it, with the platform's `expf` and `log`, so that the bytes are llama.cpp's.
+///
+/// # Panics
+/// If `out` is shorter than the row plus 4.
+///
+/// # Example
+/// ```
+/// let mut out = [0u16; 8];
+/// kldiv::kld_base_row(&[0.0, 1.0, 2.0, -30.0], &mut out);
+/// assert_eq!(f32::from_bits(out[0] as u32 | (out[1] as u32) << 16), 16.0 / 65535.0);
+/// assert_eq!(&out[4..], &[57343, 61439, 65535, 0]);
+/// ```
+pub fn kld_base_row(logits: &[f32], out: &mut [u16]) {
+    let n = logits.len();
+    assert!(
+        out.len() >= n + 4,
+        "a .kld row holds the vocabulary and 4 more"
+    );
+    let (mut max, mut min) = (logits[0], logits[0]);
+    for &v in &logits[1..] {
+        max = max.max(v);
+        min = min.min(v);
+    }
+    min = min.max(max - 16.0);
+    let mut sum = 0.0_f64;
+    for &v in logits {
+        sum += expf(v - max) as f64;
+    }
+    let lse = sum.ln() as f32;
+    let min_log_prob = min - max - lse;
+    let scale = (max - min) / 65535.0;
+    let (s, m) = (scale.to_bits(), min_log_prob.to_bits());
+    out[..4].copy_from_slice(&[s as u16, (s >> 16) as u16, m as u16, (m >> 16) as u16]);
+    let row = &mut out[4..4 + n];
+    if scale != 0.0 {
+        let inv = 1.0 / scale;
+        for (o, &v) in row.iter_mut().zip(logits) {
+            *o = if v > min {
+                nearest_int(inv * (v - min)) as u16
+            } else {
+                0
+            };
+        }
+    } else {
+        row.fill(0);
+    }
+}
+
+/// The per-token values of a comparison, one a scored token: the KL divergence from the base
+/// distribution to the other's, `Δp = p - p_base` (the change in the probability of the actual
+/// next token), whether the two top tokens agree, the negative log-likelihoods of the next token
+/// under the other model and the base, and (float logits on both sides) whether the base's top
+/// token is among the other's top 5 and top 10.
+///
+/// # Example
+/// ```
+/// use kldiv::PerToken;
+/// let mut v = vec![0.0; 4];
+/// let (mut a, mut b, mut c, mut d) = (v.clone(), v.clone(), v.clone(), v.clone());
+/// let mut top = vec![0u8; 4];
+/// let out = PerToken::new(&mut v, &mut a, &mut top, &mut b, &mut c);
+/// assert_eq!(out.len(), 4);
+/// ```
+pub struct PerToken<'a> {
+    kld: &'a mut [f64],
+    delta_p: &'a mut [f64],
+    /// Bit 0: the top tokens agree; bit 1: the base's top token is in the other's top 5; bit
+    /// 2: in its top 10.
+    top: &'a mut [u8],
+    nll: &'a mut [f64],
+    nll_base: &'a mut [f64],
+}
+
+impl<'a> PerToken<'a> {
+    /// The outputs, of one length each.
+    ///
+    /// # Panics
+    /// If their lengths differ.
+    ///
+    /// # Example
+    /// See [`PerToken`].
+    pub fn new(
+        kld: &'a mut [f64],
+        delta_p: &'a mut [f64],
+        top: &'a mut [u8],
+        nll: &'a mut [f64],
+        nll_base: &'a mut [f64],
+    ) -> PerToken<'a> {
+        let n = kld.len();
+        assert!(
+            [delta_p.len(), top.len(), nll.len(), nll_base.len()]
+                .iter()
+                .all(|&m| m == n),
+            "the per-token outputs have one length"
+        );
+        PerToken {
+            kld,
+            delta_p,
+            top,
+            nll,
+            nll_base,
+        }
+    }
+
+    /// The number of tokens.
+    ///
+    /// # Example
+    /// See [`PerToken`].
+    pub fn len(&self) -> usize {
+        self.kld.len()
+    }
+
+    /// Whether there are none.
+    ///
+    /// # Example
+    /// ```
+    /// let out = kldiv::PerToken::new(&mut [], &mut [], &mut [], &mut [], &mut []);
+    /// assert!(out.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.kld.is_empty()
+    }
+}
+
+/// One token's values (see [`PerToken`]), as `f64` bits and the flags.
+#[derive(Clone, Copy, Default)]
+struct TokenRow {
+    kld: f64,
+    delta_p: f64,
+    top: u8,
+    nll: f64,
+    nll_base: f64,
+}
+
+/// Runs `each` over `rows` rows of `vocab` entries on kldiv's pool, and writes what it returns
+/// into `out` in row order.
+fn per_row<S: Default>(
+    rows: usize,
+    vocab: usize,
+    out: &mut PerToken<'_>,
+    each: impl Fn(usize, &mut S) -> Result<TokenRow, Error> + Sync,
+) -> Result<(), Error> {
+    // Five words a row, written by the row's task alone.
+    let cells: Vec<AtomicU64> = (0..rows * 5).map(|_| AtomicU64::new(0)).collect();
+    let failed = std::sync::Mutex::new(None);
+    for_each_task(rows * vocab, rows, |r, scratch: &mut S| {
+        match each(r, scratch) {
+            Ok(v) => {
+                let words = [v.kld, v.delta_p, v.nll, v.nll_base].map(f64::to_bits);
+                for (j, w) in words.into_iter().chain([v.top as u64]).enumerate() {
+                    cells[5 * r + j].store(w, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+                f.get_or_insert((r, e));
+            }
+        }
+    })?;
+    if let Some((_, e)) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let word = |r: usize, j: usize| cells[5 * r + j].load(Ordering::Relaxed);
+    for r in 0..rows {
+        out.kld[r] = f64::from_bits(word(r, 0));
+        out.delta_p[r] = f64::from_bits(word(r, 1));
+        out.nll[r] = f64::from_bits(word(r, 2));
+        out.nll_base[r] = f64::from_bits(word(r, 3));
+        out.top[r] = word(r, 4) as u8;
+    }
+    Ok(())
+}
+
+/// A token id as an index into a vocabulary of `vocab` entries.
+fn token_index(tok: i64, vocab: usize) -> Result<usize, Error> {
+    usize::try_from(tok)
+        .ok()
+        .filter(|&t| t < vocab)
+        .ok_or_else(|| {
+            Error::Argument(format!(
+                "token {tok} is not in the vocabulary of {vocab} entries"
+            ))
+        })
+}
+
+/// Checks the row counts of a comparison.
+fn check_rows(what: &str, rows: usize, next: usize, out: usize) -> Result<(), Error> {
+    if rows != next || rows != out {
+        return Err(Error::Argument(format!(
+            "{what} has {rows} rows but there are {next} next tokens and {out} outputs"
+        )));
+    }
+    Ok(())
+}
+
+/// A row of logits as `f32` (widened where it is 16-bit).
+fn row_f32<'b, L: Logit<C = f32>>(row: ArrayView1<'b, L>, buf: &'b mut Vec<f32>) -> &'b [f32] {
+    buf.clear();
+    buf.extend(row.iter().map(|&v| v.widen()));
+    buf
+}
+
+/// Scores rows of a model's logits against a `.kld` base's stored rows, as llama.cpp's
+/// per-token `log_softmax(n_vocab, logits, base_log_prob, tok, kld)` does: `other` holds the
+/// logits of the scored positions (`rows x n_vocab`), `base` their stored rows (`rows x
+/// row_len`), `next` the token each predicts. Per token: `nll = M + ln Σ e^(z - M) - z[tok]`,
+/// `nll_base = -(scale b[tok] + min)`, the KL `Σ p_base (ln p_base - ln q)` over the entries
+/// with a base log-probability above −16, `Δp = e^-nll - e^-nll_base`, and whether the
+/// first maximum of each side is at the same entry. In `f32` where llama.cpp computes in
+/// `float` (the sums in `f64`); rows over kldiv's pool.
+///
+/// # Errors
+/// [`Error::Argument`] where the row counts or widths disagree or a token is not in the
+/// vocabulary.
+///
+/// # Example
+/// ```
+/// use kldiv::{compare_kld_rows, kld_base_row, PerToken};
+/// use ndarray::{array, Array2};
+/// let logits = array![[1.0_f32, 2.0, 3.0, 0.5]];
+/// let mut base = Array2::<u16>::zeros((1, 8));
+/// kld_base_row(logits.as_slice().unwrap(), base.as_slice_mut().unwrap());
+/// let (mut kld, mut dp, mut nll, mut nb, mut top) = ([0.0], [0.0], [0.0], [0.0], [0u8]);
+/// let mut out = PerToken::new(&mut kld, &mut dp, &mut top, &mut nll, &mut nb);
+/// compare_kld_rows(logits.view(), base.view(), array![2].view(), &mut out).unwrap();
+/// assert!(kld[0].abs() < 1e-4 && top[0] == 1);
+/// ```
+pub fn compare_kld_rows<L: Logit<C = f32>>(
+    other: ArrayView2<'_, L>,
+    base: ArrayView2<'_, u16>,
+    next: ArrayView1<'_, i64>,
+    out: &mut PerToken<'_>,
+) -> Result<(), Error> {
+    let (rows, vocab) = other.dim();
+    check_rows("the other model's logits", rows, next.len(), out.len())?;
+    let row_len = KldHeader::row_len_of(vocab);
+    if base.dim() != (rows, row_len) {
+        return Err(Error::Argument(format!(
+            "the base's rows are {} x {} u16 but {rows} rows of a vocabulary of {vocab} need \
+             {rows} x {row_len}",
+            base.nrows(),
+            base.ncols()
+        )));
+    }
+    for &t in next {
+        token_index(t, vocab)?;
+    }
+    per_row(rows, vocab, out, |r, bufs: &mut (Vec<f32>, Vec<u16>)| {
+        let (zb, bb) = bufs;
+        let z = row_f32(other.row(r), zb);
+        let b = match base.row(r).to_slice() {
+            Some(b) => b,
+            None => {
+                bb.clear();
+                bb.extend(base.row(r).iter());
+                &bb[..]
+            }
+        };
+        Ok(kld_token(z, b, token_index(next[r], vocab)?))
+    })
+}
+
+/// The `f32` stored at `u16`s `i`, `i + 1` of a base row.
+fn stored_f32(b: &[u16], i: usize) -> f32 {
+    f32::from_bits(b[i] as u32 | (b[i + 1] as u32) << 16)
+}
+
+/// `expf` as llama.cpp calls it: the platform's own (`f32::exp` calls the C library's
+/// `expf`), which is not always the correctly rounded `e^x`; with it (and llama.cpp's order of
+/// summation) the per-token values are llama.cpp's to the bit on the same platform (all 248 of
+/// the fixture's, where `e^x` rounded from `f64` differed in 83 KL values by up to 4e-8).
+#[inline(always)]
+fn expf(x: f32) -> f32 {
+    x.exp()
+}
+
+/// One token of [`compare_kld_rows`].
+#[inline(always)]
+fn kld_token(z: &[f32], b: &[u16], tok: usize) -> TokenRow {
+    let (scale, min_log_prob) = (stored_f32(b, 0), stored_f32(b, 2));
+    let b = &b[4..4 + z.len()];
+    let (mut max, mut imax) = (z[0], 0);
+    for (i, &v) in z.iter().enumerate().skip(1) {
+        if v > max {
+            (max, imax) = (v, i);
+        }
+    }
+    let mut sum = 0.0_f64;
+    for &v in z {
+        sum += expf(v - max) as f64;
+    }
+    let lse = sum.ln() as f32;
+    let nll = max + lse - z[tok];
+    let log_base = |q: u16| scale * q as f32 + min_log_prob;
+    let nll_base = -log_base(b[tok]);
+    let top_shift = max + lse;
+    let mut kld = 0.0_f64;
+    let (mut base_max, mut imax_base) = (log_base(b[0]), 0);
+    for (i, (&q, &v)) in b.iter().zip(z).enumerate() {
+        let lb = log_base(q);
+        if lb > base_max {
+            (base_max, imax_base) = (lb, i);
+        }
+        if lb > -16.0 {
+            kld += (expf(lb) * (lb - v + top_shift)) as f64;
+        }
+    }
+    let delta_p = expf(-nll) - expf(-nll_base);
+    TokenRow {
+        kld,
+        delta_p: delta_p as f64,
+        top: (imax == imax_base) as u8,
+        nll: nll as f64,
+        nll_base: nll_base as f64,
+    }
+}
+
+/// Scores rows of a model's logits against a base model's logits exactly: per token the KL
+/// divergence `Σ P (ln P - ln Q)` from the base's distribution `P` to the other's `Q` over the
+/// whole vocabulary (the crate's forward KL from logits, `T = 1`), `nll` and `nll_base` from
+/// `f64` log-sum-exps, `Δp = e^-nll - e^-nll_base`, whether the top tokens agree (each side's
+/// first maximum), and whether the base's top token is among the other's top 5 and top 10
+/// (ties counted in index order).
+///
+/// # Errors
+/// [`Error::Argument`] where the shapes or counts disagree or a token is not in the
+/// vocabulary; the errors of [`kl_div_logits_rows_into`].
+///
+/// # Example
+/// ```
+/// use kldiv::{compare_logits_rows, PerToken};
+/// use ndarray::array;
+/// let base = array![[1.0_f32, 2.0, 3.0]];
+/// let other = array![[1.0_f32, 3.0, 2.0]];
+/// let (mut kld, mut dp, mut nll, mut nb, mut top) = ([0.0], [0.0], [0.0], [0.0], [0u8]);
+/// let mut out = PerToken::new(&mut kld, &mut dp, &mut top, &mut nll, &mut nb);
+/// compare_logits_rows(base.view(), other.view(), array![2].view(), &mut out).unwrap();
+/// assert!(kld[0] > 0.0);
+/// assert_eq!(top[0], 0b110); // not the same top token, but in the other's top 5 and 10
+/// ```
+pub fn compare_logits_rows<B: Logit, O: Logit<C = B::C>>(
+    base: ArrayView2<'_, B>,
+    other: ArrayView2<'_, O>,
+    next: ArrayView1<'_, i64>,
+    out: &mut PerToken<'_>,
+) -> Result<(), Error> {
+    let (rows, vocab) = other.dim();
+    check_rows("the other model's logits", rows, next.len(), out.len())?;
+    if base.dim() != other.dim() {
+        return Err(Error::Argument(format!(
+            "the base's logits are {} x {} but the other model's are {rows} x {vocab}",
+            base.nrows(),
+            base.ncols()
+        )));
+    }
+    for &t in next {
+        token_index(t, vocab)?;
+    }
+    let mut kld = vec![0.0; rows];
+    let loss = LogitsLoss::new(Divergence::Forward);
+    kl_div_logits_rows_into(other, base, &loss, &mut kld)?;
+    per_row(rows, vocab, out, |r, bufs: &mut (Vec<f64>, Vec<f64>)| {
+        let (zb, zo) = bufs;
+        zb.clear();
+        zb.extend(base.row(r).iter().map(|&v| v.widen().to_f64()));
+        zo.clear();
+        zo.extend(other.row(r).iter().map(|&v| v.widen().to_f64()));
+        let tok = token_index(next[r], vocab)?;
+        let (lse_b, imax_b) = lse_argmax(zb);
+        let (lse_o, imax_o) = lse_argmax(zo);
+        // The base's top token's rank among the other's entries.
+        let at = zo[imax_b];
+        let rank = zo[..imax_b].iter().filter(|&&v| v >= at).count()
+            + zo[imax_b + 1..].iter().filter(|&&v| v > at).count();
+        let (nll, nll_base) = (lse_o - zo[tok], lse_b - zb[tok]);
+        Ok(TokenRow {
+            kld: kld[r],
+            delta_p: exp_f64(-nll) - exp_f64(-nll_base),
+            top: (imax_o == imax_b) as u8 | ((rank < 5) as u8) << 1 | ((rank < 10) as u8) << 2,
+            nll,
+            nll_base,
+        })
+    })
+}
+
+/// `ln Σ e^z` of a row in `f64` and the index of its first maximum.
+fn lse_argmax(z: &[f64]) -> (f64, usize) {
+    let (mut max, mut imax) = (z[0], 0);
+    for (i, &v) in z.iter().enumerate().skip(1) {
+        if v > max {
+            (max, imax) = (v, i);
+        }
+    }
+    let sum: f64 = z.iter().map(|&v| exp_f64(v - max)).sum();
+    (max + ln_f64(sum), imax)
+}
+
+/// A value and its uncertainty (one standard error).
+pub type Estimate = (f64, f64);
+
+/// The summary of a comparison, llama.cpp's final statistics: the perplexities of both models
+/// and their ratio, the KL divergence's mean, extremes and percentiles, the same of `Δp`, its
+/// root mean square, and how often the top tokens agree (with float logits on both sides, also
+/// the base's top token in the other's top 5 and 10). Uncertainties as llama.cpp computes
+/// them.
+///
+/// # Example
+/// ```
+/// use kldiv::Summary;
+/// let kld = [0.1, 0.2, 0.3];
+/// let zero = [0.0; 3];
+/// let s = Summary::new(&kld, &zero, &[1, 1, 0], &[1.0; 3], &[1.0; 3], false);
+/// assert!((s.kld.0 - 0.2).abs() < 1e-12);
+/// assert!((s.same_top.0 - 2.0 / 3.0).abs() < 1e-12);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    /// The number of scored tokens.
+    pub count: usize,
+    /// `PPL(Q) = e^mean(nll)`.
+    pub ppl: Estimate,
+    /// `PPL(base)`.
+    pub ppl_base: Estimate,
+    /// The correlation of `ln PPL(Q)` and `ln PPL(base)` (of the per-token NLLs).
+    pub cor: f64,
+    /// `ln(PPL(Q)/PPL(base))`.
+    pub log_ppl_ratio: Estimate,
+    /// `PPL(Q)/PPL(base)`.
+    pub ppl_ratio: Estimate,
+    /// `PPL(Q) - PPL(base)`.
+    pub ppl_diff: Estimate,
+    /// The mean KL divergence.
+    pub kld: Estimate,
+    /// `(fraction, value)` of the KL divergence: 1 (maximum), 0.999, 0.99, 0.95, 0.9, 0.5
+    /// (median), 0.1, 0.05, 0.01, 0.001, 0 (minimum).
+    pub kld_quantiles: Vec<(f64, f64)>,
+    /// The mean `Δp`.
+    pub delta_p: Estimate,
+    /// `(fraction, value)` of `Δp`: 1, 0.999, 0.99, 0.95, 0.9, 0.75, 0.5, 0.25, 0.1, 0.05,
+    /// 0.01, 0.001, 0.
+    pub delta_p_quantiles: Vec<(f64, f64)>,
+    /// The root mean square of `Δp`.
+    pub delta_p_rms: Estimate,
+    /// How often the top tokens agree.
+    pub same_top: Estimate,
+    /// How often the base's top token is in the other's top 5 and top 10 (float logits on both
+    /// sides: `exact`).
+    pub top5: Option<Estimate>,
+    /// See `top5`.
+    pub top10: Option<Estimate>,
+}
+
+/// The fractions of [`Summary::kld_quantiles`].
+const KLD_FRACTIONS: [f64; 11] = [
+    1.0, 0.999, 0.99, 0.95, 0.9, 0.5, 0.1, 0.05, 0.01, 0.001, 0.0,
+];
+/// The fractions of [`Summary::delta_p_quantiles`].
+const DP_FRACTIONS: [f64; 13] = [
+    1.0, 0.999, 0.99, 0.95, 0.9, 0.75, 0.5, 0.25, 0.1, 0.05, 0.01, 0.001, 0.0,
+];
+
+/// llama.cpp's mean and its standard error from a sum and a sum of squares (0 for 10 values
+/// or fewer).
+fn mean_and_uncertainty(sum: f64, sum2: f64, count: usize) -> Estimate {
+    if count < 1 {
+        return (0.0, 0.0);
+    }
+    let n = count as f64;
+    let f = sum / n;
+    let df = sum2 / n - f * f;
+    let df = if df > 0.0 && count > 10 {
+        (df / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (f, df)
+}
+
+/// llama.cpp's covariance of two means (0 for fewer than 10 values).
+fn covariance(suma: f64, sumb: f64, sumab: f64, count: usize) -> f64 {
+    if count < 10 {
+        return 0.0;
+    }
+    let n = count as f64;
+    (sumab / n - (suma / n) * (sumb / n)) / (n - 1.0)
+}
+
+/// The quantiles of sorted values as llama.cpp computes them: 0 and 1 the extremes, 0.5 the
+/// middle value (or the mean of the two), others interpolated at `fraction (n - 1)`; with
+/// `llama`, in `f32` as llama.cpp's `float` code.
+fn quantiles(sorted: &[f64], fractions: &[f64], llama: bool) -> Vec<(f64, f64)> {
+    let n = sorted.len();
+    let at = |fraction: f64| -> f64 {
+        if n == 0 {
+            return f64::NAN;
+        }
+        if fraction <= 0.0 {
+            return sorted[0];
+        }
+        if fraction >= 1.0 {
+            return sorted[n - 1];
+        }
+        if fraction == 0.5 {
+            let (a, b) = (sorted[n / 2], sorted[(n - 1) / 2]);
+            return if llama {
+                (0.5_f32 * (a as f32 + b as f32)) as f64
+            } else {
+                0.5 * (a + b)
+            };
+        }
+        if llama {
+            let mut p = fraction as f32 * (n - 1) as f32;
+            let ip = p as usize;
+            p -= ip as f32;
+            let (a, b) = (sorted[ip] as f32, sorted[(ip + 1).min(n - 1)] as f32);
+            ((1.0 - p) * a + p * b) as f64
+        } else {
+            let mut p = fraction * (n - 1) as f64;
+            let ip = p as usize;
+            p -= ip as f64;
+            (1.0 - p) * sorted[ip] + p * sorted[(ip + 1).min(n - 1)]
+        }
+    };
+    fractions.iter().map(|&f| (f, at(f))).collect()
+}
+
+impl Summary {
+    /// The summary of per-token values (see [`PerToken`]; `top` as its flags). With `llama`,
+    /// llama.cpp's arithmetic: the per-token values as its `float`s, the squares of `float`s
+    /// in `float`, the quantiles of the KL divergences rounded to `float`; else all in `f64`,
+    /// and the top-5 and top-10 rates. Sums in token order.
+    ///
+    /// # Panics
+    /// If the slices differ in length.
+    ///
+    /// # Example
+    /// See [`Summary`].
+    pub fn new(
+        kld: &[f64],
+        delta_p: &[f64],
+        top: &[u8],
+        nll: &[f64],
+        nll_base: &[f64],
+        llama: bool,
+    ) -> Summary {
+        let n = kld.len();
+        assert!(
+            [delta_p.len(), top.len(), nll.len(), nll_base.len()]
+                .iter()
+                .all(|&m| m == n),
+            "the per-token values have one length"
+        );
+        // A product as llama.cpp's `float * float`, or in f64.
+        let mul = |a: f64, b: f64| {
+            if llama {
+                (a as f32 * b as f32) as f64
+            } else {
+                a * b
+            }
+        };
+        let mut s = [0.0_f64; 10];
+        for i in 0..n {
+            let (a, b, d) = (nll[i], nll_base[i], delta_p[i]);
+            let d2 = mul(d, d);
+            let add = [
+                a,
+                mul(a, a),
+                b,
+                mul(b, b),
+                mul(a, b),
+                kld[i],
+                kld[i] * kld[i],
+                d,
+                d2,
+                d2 * d2,
+            ];
+            for (x, v) in s.iter_mut().zip(add) {
+                *x += v;
+            }
+        }
+        let [s_nll, s_nll2, s_base, s_base2, s_cross, s_kld, s_kld2, s_dp, s_dp2, s_dp4] = s;
+        let log_ppl = mean_and_uncertainty(s_nll, s_nll2, n);
+        let log_base = mean_and_uncertainty(s_base, s_base2, n);
+        let cov = covariance(s_nll, s_base, s_cross, n);
+        let ppl = log_ppl.0.exp();
+        let ppl_base = log_base.0.exp();
+        let ratio = log_ppl.0 - log_base.0;
+        let ratio_unc = (log_ppl.1 * log_ppl.1 + log_base.1 * log_base.1 - 2.0 * cov).sqrt();
+        let (ppl_unc, base_unc) = (ppl * log_ppl.1, ppl_base * log_base.1);
+        let ppl_cov = ppl * ppl_base * cov;
+        let mse = mean_and_uncertainty(s_dp2, s_dp4, n);
+        let rms = mse.0.sqrt();
+        let rate = |bit: u8| {
+            let p = top.iter().filter(|&&t| t & bit != 0).count() as f64 / n as f64;
+            (p, (p * (1.0 - p) / (n as f64 - 1.0)).sqrt())
+        };
+        let sorted = |v: &[f64], round: bool| {
+            let mut v: Vec<f64> = v
+                .iter()
+                .map(|&x| if round { x as f32 as f64 } else { x })
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        Summary {
+            count: n,
+            ppl: (ppl, ppl_unc),
+            ppl_base: (ppl_base, base_unc),
+            cor: cov / (log_ppl.1 * log_base.1),
+            log_ppl_ratio: (ratio, ratio_unc),
+            ppl_ratio: (ratio.exp(), ratio.exp() * ratio_unc),
+            ppl_diff: (
+                ppl - ppl_base,
+                (ppl_unc * ppl_unc + base_unc * base_unc - 2.0 * ppl_cov).sqrt(),
+            ),
+            kld: mean_and_uncertainty(s_kld, s_kld2, n),
+            kld_quantiles: quantiles(&sorted(kld, llama), &KLD_FRACTIONS, llama),
+            delta_p: mean_and_uncertainty(s_dp, s_dp2, n),
+            delta_p_quantiles: quantiles(&sorted(delta_p, false), &DP_FRACTIONS, llama),
+            delta_p_rms: (rms, 0.5 / rms * mse.1),
+            same_top: rate(1),
+            top5: (!llama).then(|| rate(2)),
+            top10: (!llama).then(|| rate(4)),
+        }
+    }
+}
+
+/// The per-token outputs as ndarray views (for callers that hold arrays).
+impl<'a> PerToken<'a> {
+    /// [`PerToken::new`] over contiguous one-dimensional views.
+    ///
+    /// # Errors
+    /// [`Error::Argument`] where a view is not contiguous.
+    ///
+    /// # Example
+    /// ```
+    /// use ndarray::Array1;
+    /// let (mut a, mut b, mut c, mut d) = (Array1::zeros(2), Array1::zeros(2), Array1::zeros(2), Array1::zeros(2));
+    /// let mut t = Array1::<u8>::zeros(2);
+    /// let out = kldiv::PerToken::from_views(a.view_mut(), b.view_mut(), t.view_mut(), c.view_mut(), d.view_mut()).unwrap();
+    /// assert_eq!(out.len(), 2);
+    /// ```
+    pub fn from_views(
+        kld: ArrayViewMut1<'a, f64>,
+        delta_p: ArrayViewMut1<'a, f64>,
+        top: ArrayViewMut1<'a, u8>,
+        nll: ArrayViewMut1<'a, f64>,
+        nll_base: ArrayViewMut1<'a, f64>,
+    ) -> Result<PerToken<'a>, Error> {
+        let contiguous = || Error::Argument("the per-token outputs must be contiguous".into());
+        Ok(PerToken::new(
+            kld.into_slice().ok_or_else(contiguous)?,
+            delta_p.into_slice().ok_or_else(contiguous)?,
+            top.into_slice().ok_or_else(contiguous)?,
+            nll.into_slice().ok_or_else(contiguous)?,
+            nll_base.into_slice().ok_or_else(contiguous)?,
+        ))
+    }
+}

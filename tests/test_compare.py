@@ -1,0 +1,237 @@
+"""kldiv.compare, kldiv.write_kld_base and ``kldiv compare`` / ``kldiv kld-base`` against the
+case computed by llama.cpp's own code (tests/fixtures/llamacpp/, see its README) and against
+a float64 NumPy evaluation."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import kldiv
+from kldiv import _compare
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures", "llamacpp")
+
+
+def fix(name: str) -> str:
+    return os.path.join(FIX, name)
+
+
+def llama_block() -> str:
+    text = open(fix("stats.txt"), encoding="utf-8").read()
+    return text[text.index("====== Perplexity statistics ======") :]
+
+
+def test_llamacpp_statistics_block_is_reproduced_line_for_line() -> None:
+    report = kldiv.compare(fix("base.kld"), fix("other_logits.npy"))
+    assert report.mode == "llama.cpp"
+    assert report.to_text() == llama_block()
+
+
+def test_llamacpp_per_token_values_are_its_own_to_the_bit() -> None:
+    report = kldiv.compare(fix("base.kld"), fix("other_logits.npy"))
+    ref = np.loadtxt(fix("per_token.tsv"))
+    assert len(report) == len(ref) == 248
+    np.testing.assert_array_equal(ref[:, 0], np.arange(248))
+    # KLD as llama.cpp's double; the others are its floats, printed with 9 digits.
+    np.testing.assert_array_equal(report.kld, ref[:, 1])
+    for got, col in ((report.delta_p, 2), (report.nll, 4), (report.nll_base, 5)):
+        np.testing.assert_array_equal(got.astype(np.float32), ref[:, col].astype(np.float32))
+    np.testing.assert_array_equal(report.same_top, ref[:, 3] == 1)
+
+
+def test_kld_base_is_written_byte_for_byte(tmp_path) -> None:
+    out = tmp_path / "base.kld"
+    kldiv.write_kld_base(fix("base_logits.npy"), fix("tokens.npy"), 64, out)
+    assert out.read_bytes() == open(fix("base.kld"), "rb").read()
+    # The (windows, n_ctx, V) layout and in-memory arrays write the same file.
+    z = np.load(fix("base_logits.npy")).reshape(8, 64, -1)
+    kldiv.write_kld_base(z, np.load(fix("tokens.npy")), 64, tmp_path / "b2.kld")
+    assert (tmp_path / "b2.kld").read_bytes() == out.read_bytes()
+
+
+def reference(base: np.ndarray, other: np.ndarray, tokens: np.ndarray, n_ctx: int) -> dict:
+    """The exact per-token values in float64 NumPy."""
+    first = n_ctx // 2
+    rows = np.concatenate(
+        [np.arange(c * n_ctx + first, c * n_ctx + n_ctx - 1) for c in range(len(tokens) // n_ctx)]
+    )
+    b, o = base[rows].astype(np.float64), other[rows].astype(np.float64)
+    tok = np.asarray(tokens)[rows + 1]
+
+    def log_softmax(z: np.ndarray) -> np.ndarray:
+        m = z.max(-1, keepdims=True)
+        return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
+
+    lb, lo = log_softmax(b), log_softmax(o)
+    p = np.exp(lb)
+    kld = np.where(p > 0, p * (lb - lo), 0.0).sum(-1)
+    i = np.arange(len(rows))
+    nll, nll_base = -lo[i, tok], -lb[i, tok]
+    top_b = b.argmax(-1)
+    at = o[i, top_b][:, None]
+    idx = np.arange(o.shape[1])[None, :]
+    rank = ((o > at) | ((o == at) & (idx < top_b[:, None]))).sum(-1)
+    return {
+        "kld": kld,
+        "delta_p": np.exp(-nll) - np.exp(-nll_base),
+        "nll": nll,
+        "nll_base": nll_base,
+        "same_top": top_b == o.argmax(-1),
+        "top5": rank < 5,
+        "top10": rank < 10,
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+def test_exact_mode_matches_float64(dtype: str) -> None:
+    rng = np.random.default_rng(1)
+    n_ctx, chunks, vocab = 32, 3, 300
+    base = (rng.standard_normal((chunks * n_ctx, vocab)) * 3).astype(dtype)
+    other = (base.astype(np.float64) + 0.3 * rng.standard_normal(base.shape)).astype(dtype)
+    tokens = rng.integers(0, vocab, chunks * n_ctx)
+    r = kldiv.compare(base, other, tokens, n_ctx=n_ctx)
+    ref = reference(base, other, tokens, n_ctx)
+    assert r.mode == "exact" and len(r) == chunks * (n_ctx - 1 - n_ctx // 2)
+    for key in ("kld", "nll", "nll_base"):
+        np.testing.assert_allclose(getattr(r, key), ref[key], rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(r.delta_p, ref["delta_p"], rtol=1e-6, atol=1e-12)
+    for key in ("same_top", "top5", "top10"):
+        np.testing.assert_array_equal(getattr(r, key), ref[key])
+
+
+def test_exact_mode_masked_entries() -> None:
+    """A -inf entry where the base has mass gives an infinite KL; where both are -inf, none."""
+    base = np.zeros((4, 5), np.float32)
+    other = np.zeros((4, 5), np.float32)
+    base[2, 2] = other[2, 2] = -np.inf  # row 2 is the one scored (n_ctx 4)
+    r = kldiv.compare(base, other, [0, 1, 3, 4], n_ctx=4)
+    assert len(r) == 1 and r.kld[0] == 0.0
+    other[2, 4] = -np.inf  # the next token, where the base has mass
+    r = kldiv.compare(base, other, [0, 1, 3, 4], n_ctx=4)
+    assert r.kld[0] == np.inf and np.isinf(r.nll[0])
+
+
+def test_exact_and_llama_agree_where_nothing_is_cut() -> None:
+    """Logits within 16 of their maximum: llama.cpp's quantised base differs from the exact
+    statistics by its rounding only."""
+    rng = np.random.default_rng(2)
+    n_ctx, vocab = 16, 50
+    base = rng.uniform(-5, 5, (2 * n_ctx, vocab)).astype(np.float32)
+    other = base + rng.uniform(-0.5, 0.5, base.shape).astype(np.float32)
+    tokens = rng.integers(0, vocab, 2 * n_ctx)
+    exact = kldiv.compare(base, other, tokens, n_ctx=n_ctx)
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"kldiv-test-{os.getpid()}.kld")
+    try:
+        kldiv.write_kld_base(base, tokens, n_ctx, path)
+        llama = kldiv.compare(path, other)
+    finally:
+        os.unlink(path)
+    np.testing.assert_allclose(llama.kld, exact.kld, atol=2e-4)
+    np.testing.assert_allclose(llama.nll_base, exact.nll_base, atol=2e-4)
+    np.testing.assert_allclose(llama.nll, exact.nll, rtol=1e-6)
+
+
+def test_summary_and_json(tmp_path) -> None:
+    r = kldiv.compare(fix("base.kld"), fix("other_logits.npy"))
+    s = r.summary()
+    assert s["count"] == 248
+    assert s["kld"][0] == pytest.approx(r.kld.mean(), rel=1e-12)
+    assert s["same_top"][0] == pytest.approx(r.same_top.mean())
+    assert s["top5"] is None
+    doc = json.loads(r.to_json(tmp_path / "r.json"))
+    assert json.loads((tmp_path / "r.json").read_text()) == doc
+    assert doc["per_token"]["kld"] == r.kld.tolist()
+    assert "248 tokens" in repr(r)
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path) -> None:
+    raw = open(fix("base.kld"), "rb").read()
+    (tmp_path / "short.kld").write_bytes(raw[:-1])
+    with pytest.raises(ValueError, match="truncated"):
+        kldiv.compare(str(tmp_path / "short.kld"), fix("other_logits.npy"))
+    (tmp_path / "long.kld").write_bytes(raw + b"\0")
+    with pytest.raises(ValueError, match="longer than its header"):
+        kldiv.compare(str(tmp_path / "long.kld"), fix("other_logits.npy"))
+    other = np.load(fix("other_logits.npy"))
+    with pytest.raises(ValueError, match="do not match"):
+        kldiv.compare(fix("base.kld"), other[:, :999])
+    with pytest.raises(ValueError, match="do not match"):
+        kldiv.compare(fix("base.kld"), other[:-64])
+    with pytest.raises(ValueError, match="pass neither"):
+        kldiv.compare(fix("base.kld"), other, n_ctx=64)
+    with pytest.raises(ValueError, match="not a whole number of windows"):
+        kldiv.compare(other, other, np.zeros(512, int), n_ctx=100)
+    with pytest.raises(ValueError, match="pass tokens and n_ctx"):
+        kldiv.compare(other, other)
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        kldiv.compare(other, other, np.full(512, 1000), n_ctx=64)
+    with pytest.raises(ValueError, match="n_ctx >= 3"):
+        kldiv.compare(other, other, np.zeros(512, int), n_ctx=2)
+    with pytest.raises(TypeError, match="float32"):
+        kldiv.compare(np.zeros((512, 1000), int), other, np.zeros(512, int), n_ctx=64)
+    with pytest.raises(ValueError, match="tokens must lie"):
+        kldiv.write_kld_base(other, np.full(512, -1), 64, tmp_path / "x.kld")
+    assert sorted(os.listdir(tmp_path)) == ["long.kld", "short.kld"]  # no temporary left
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kldiv", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_compare_and_kld_base(tmp_path) -> None:
+    out = cli(
+        "compare", fix("base.kld"), fix("other_logits.npy"), "--json", str(tmp_path / "r.json")
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == llama_block()
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["count"] == 248
+    kld = tmp_path / "b.kld"
+    out = cli("kld-base", fix("base_logits.npy"), fix("tokens.npy"), "--ctx", "64", "-o", str(kld))
+    assert out.returncode == 0, out.stderr
+    assert kld.read_bytes() == open(fix("base.kld"), "rb").read()
+    # The same file again through the exact mode's arguments.
+    out = cli(
+        "compare",
+        fix("base_logits.npy"),
+        fix("other_logits.npy"),
+        "--tokens",
+        fix("tokens.npy"),
+        "--ctx",
+        "64",
+    )
+    assert out.returncode == 0 and "Top-10 p" in out.stdout
+
+
+def test_cli_errors_leave_files_alone(tmp_path) -> None:
+    shutil.copy(fix("base.kld"), tmp_path / "b.kld")
+    before = (tmp_path / "b.kld").read_bytes()
+    out = cli(
+        "kld-base",
+        fix("base_logits.npy"),
+        fix("tokens.npy"),
+        "--ctx",
+        "100",
+        "-o",
+        str(tmp_path / "b.kld"),
+    )
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "not a whole number of windows" in out.stderr
+    assert (tmp_path / "b.kld").read_bytes() == before
+    assert os.listdir(tmp_path) == ["b.kld"]
+    out = cli("compare", str(tmp_path / "missing.kld"), fix("other_logits.npy"))
+    assert out.returncode == 2 and "No such file" in out.stderr
+
+
+def test_docstring_examples() -> None:
+    failed, tried = doctest.testmod(_compare, optionflags=doctest.ELLIPSIS)
+    assert tried >= 2 and failed == 0
