@@ -17,7 +17,7 @@ demo: $(BIN)/python
 
 ## Editable install (maturin develop, release build) with the test tools.
 build-dev: $(BIN)/python
-	$(BIN)/python -m pip install -q "maturin>=1.9.3,<2" numpy pytest hypothesis "ruff==0.17.*" \
+	$(BIN)/python -m pip install -q "maturin>=1.9.3,<2" numpy pytest hypothesis "ruff==0.17.*" matplotlib \
 		"dask[array,distributed]"
 	$(BIN)/maturin develop --release -q
 

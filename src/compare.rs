@@ -21,6 +21,7 @@ use crate::float::Float;
 use crate::logits::{kl_div_logits_rows_into, Divergence, Logit, LogitsLoss};
 use crate::math::{exp_f64, ln_f64};
 use crate::parallel::for_each_task;
+use crate::simd::{dispatch, Kernel};
 
 /// The header of a llama.cpp `.kld` base file: the magic `_logits_`, then `n_ctx`, `n_vocab`
 /// and `n_chunk` as little-endian `i32`, then the `n_chunk * n_ctx` tokens (`i32`), then, for
@@ -346,32 +347,38 @@ struct TokenRow {
     nll_base: f64,
 }
 
-/// Runs `each` over `rows` rows of `vocab` entries on kldiv's pool, and writes what it returns
-/// into `out` in row order.
-fn per_row<S: Default>(
+/// Runs `each` over the groups of `group` consecutive rows (the last may be short) of `rows`
+/// rows of `vocab` entries on kldiv's pool, and writes the values it returns, a row each, into
+/// `out` in row order.
+fn per_group<S: Default>(
     rows: usize,
     vocab: usize,
+    group: usize,
     out: &mut PerToken<'_>,
-    each: impl Fn(usize, &mut S) -> Result<TokenRow, Error> + Sync,
+    each: impl Fn(std::ops::Range<usize>, &mut S) -> Result<Vec<TokenRow>, Error> + Sync,
 ) -> Result<(), Error> {
-    // Five words a row, written by the row's task alone.
+    // Five words a row, written by its group's task alone.
     let cells: Vec<AtomicU64> = (0..rows * 5).map(|_| AtomicU64::new(0)).collect();
     let failed = std::sync::Mutex::new(None);
-    for_each_task(rows * vocab, rows, |r, scratch: &mut S| {
-        match each(r, scratch) {
-            Ok(v) => {
-                let words = [v.kld, v.delta_p, v.nll, v.nll_base].map(f64::to_bits);
-                for (j, w) in words.into_iter().chain([v.top as u64]).enumerate() {
-                    cells[5 * r + j].store(w, Ordering::Relaxed);
+    let groups = rows.div_ceil(group);
+    for_each_task(rows * vocab, groups, |k, scratch: &mut S| {
+        let range = k * group..((k + 1) * group).min(rows);
+        match each(range.clone(), scratch) {
+            Ok(values) => {
+                for (r, v) in range.zip(values) {
+                    let words = [v.kld, v.delta_p, v.nll, v.nll_base].map(f64::to_bits);
+                    for (j, w) in words.into_iter().chain([v.top as u64]).enumerate() {
+                        cells[5 * r + j].store(w, Ordering::Relaxed);
+                    }
                 }
             }
             Err(e) => {
                 let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
-                f.get_or_insert((r, e));
+                f.get_or_insert(e);
             }
         }
     })?;
-    if let Some((_, e)) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
     let word = |r: usize, j: usize| cells[5 * r + j].load(Ordering::Relaxed);
@@ -405,13 +412,6 @@ fn check_rows(what: &str, rows: usize, next: usize, out: usize) -> Result<(), Er
         )));
     }
     Ok(())
-}
-
-/// A row of logits as `f32` (widened where it is 16-bit).
-fn row_f32<'b, L: Logit<C = f32>>(row: ArrayView1<'b, L>, buf: &'b mut Vec<f32>) -> &'b [f32] {
-    buf.clear();
-    buf.extend(row.iter().map(|&v| v.widen()));
-    buf
 }
 
 /// Scores rows of a model's logits against a `.kld` base's stored rows, as llama.cpp's
@@ -459,19 +459,185 @@ pub fn compare_kld_rows<L: Logit<C = f32>>(
     for &t in next {
         token_index(t, vocab)?;
     }
-    per_row(rows, vocab, out, |r, bufs: &mut (Vec<f32>, Vec<u16>)| {
-        let (zb, bb) = bufs;
-        let z = row_f32(other.row(r), zb);
-        let b = match base.row(r).to_slice() {
-            Some(b) => b,
-            None => {
-                bb.clear();
-                bb.extend(base.row(r).iter());
-                &bb[..]
+    per_group(
+        rows,
+        vocab,
+        GROUP,
+        out,
+        |range, scratch: &mut KldScratch| {
+            let KldScratch { z, b, e } = scratch;
+            // A short group repeats its first row (its values are dropped).
+            let row = |g: usize| {
+                if range.start + g < range.end {
+                    range.start + g
+                } else {
+                    range.start
+                }
+            };
+            let mut tok = [0; GROUP];
+            // Rows read in place where they are contiguous `f32` / `u16`, else copied.
+            let (zr, br) = (|g: usize| other.row(row(g)), |g: usize| base.row(row(g)));
+            for g in 0..GROUP {
+                tok[g] = token_index(next[row(g)], vocab)?;
+                if zr(g).to_slice().and_then(L::as_compute).is_none() {
+                    z[g].clear();
+                    z[g].extend(zr(g).iter().map(|&v| v.widen()));
+                }
+                if br(g).to_slice().is_none() {
+                    b[g].clear();
+                    b[g].extend(br(g).iter());
+                }
             }
+            let (z, b) = (&*z, &*b);
+            let rows = dispatch(KldGroup {
+                z: std::array::from_fn(|g| {
+                    let r = other.row(row(g));
+                    match r.to_slice().and_then(L::as_compute) {
+                        Some(s) => s,
+                        None => &z[g][..],
+                    }
+                }),
+                b: std::array::from_fn(|g| base.row(row(g)).to_slice().unwrap_or(&b[g][..])),
+                tok,
+                e,
+            });
+            Ok(rows[..range.len()].to_vec())
+        },
+    )
+}
+
+/// Rows of [`compare_kld_rows`] computed together: each row's sums run in token order (as
+/// llama.cpp's, so that the bits are its), a chain of dependent additions, and the chains of a
+/// group's rows interleave.
+const GROUP: usize = 4;
+
+/// A thread's rows of a group, widened, and a buffer a row.
+#[derive(Default)]
+struct KldScratch {
+    z: [Vec<f32>; GROUP],
+    b: [Vec<u16>; GROUP],
+    e: [Vec<f32>; GROUP],
+}
+
+/// A group of rows of [`compare_kld_rows`] as a [`Kernel`] (run at the SIMD level).
+struct KldGroup<'a> {
+    z: [&'a [f32]; GROUP],
+    b: [&'a [u16]; GROUP],
+    tok: [usize; GROUP],
+    e: &'a mut [Vec<f32>; GROUP],
+}
+
+impl Kernel for KldGroup<'_> {
+    type Output = [TokenRow; GROUP];
+    fn log_target(&self) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn run<const LOG_TARGET: bool>(self) -> [TokenRow; GROUP] {
+        kld_group(self.z, self.b, self.tok, self.e)
+    }
+}
+
+/// The sums, in order and in `f64`, of each of the group's buffers (of one length): each a
+/// chain of dependent additions, the group's chains interleaved, over pieces widened to `f64`
+/// first (in one vectorised loop) so that the chains only add.
+#[inline(always)]
+fn ordered_sums(e: &[Vec<f32>; GROUP], n: usize) -> [f64; GROUP] {
+    const PIECE: usize = 512;
+    // Element i of every row side by side, so that the group's additions are one vector's.
+    let mut wide = [[0.0_f64; GROUP]; PIECE];
+    let mut sums = [0.0_f64; GROUP];
+    for start in (0..n).step_by(PIECE) {
+        let len = PIECE.min(n - start);
+        for g in 0..GROUP {
+            for (w, &v) in wide[..len].iter_mut().zip(&e[g][start..start + len]) {
+                w[g] = v as f64;
+            }
+        }
+        for w in &wide[..len] {
+            for g in 0..GROUP {
+                sums[g] += w[g];
+            }
+        }
+    }
+    sums
+}
+
+/// The first maximum of a row as llama.cpp finds it (`if (v > max)` from element 0: a NaN
+/// there stays the maximum, NaNs after it are passed over) and its index.
+#[inline(always)]
+fn first_max(z: &[f32]) -> (f32, usize) {
+    if z[0].is_nan() {
+        return (z[0], 0);
+    }
+    let max = z.iter().fold(z[0], |m, &v| m.max(v));
+    // The chunk that holds it (each chunk's test in one vectorised loop), then its place.
+    const CHUNK: usize = 256;
+    for (c, chunk) in z.chunks(CHUNK).enumerate() {
+        if chunk.iter().fold(false, |any, &v| any | (v == max)) {
+            let at = chunk.iter().position(|&v| v == max).unwrap_or(0);
+            return (max, c * CHUNK + at);
+        }
+    }
+    (max, 0)
+}
+
+/// The tokens of a [`KldGroup`] (see [`compare_kld_rows`] for what each is).
+#[inline(always)]
+fn kld_group(
+    z: [&[f32]; GROUP],
+    b: [&[u16]; GROUP],
+    tok: [usize; GROUP],
+    e: &mut [Vec<f32>; GROUP],
+) -> [TokenRow; GROUP] {
+    let n = z[0].len();
+    let mut max = [(0.0, 0); GROUP];
+    for g in 0..GROUP {
+        max[g] = first_max(z[g]);
+        let m = max[g].0;
+        e[g].resize(n, 0.0);
+        for (o, &v) in e[g].iter_mut().zip(z[g]) {
+            *o = expf(v - m);
+        }
+    }
+    let sum_exp = ordered_sums(e, n);
+    let mut out = [TokenRow::default(); GROUP];
+    let mut imax_base = [0; GROUP];
+    for g in 0..GROUP {
+        let (z, b, tok) = (z[g], b[g], tok[g]);
+        let (scale, min_log_prob) = (stored_f32(b, 0), stored_f32(b, 2));
+        let b = &b[4..4 + n];
+        let lse = sum_exp[g].ln() as f32;
+        let nll = max[g].0 + lse - z[tok];
+        let log_base = |q: u16| scale * q as f32 + min_log_prob;
+        let nll_base = -log_base(b[tok]);
+        let shift = max[g].0 + lse;
+        // The base's log-probabilities, their first maximum, then the terms in their place
+        // (each loop vectorises: no branch around `expf`, a select after it).
+        let lb = &mut e[g][..n];
+        for (o, &q) in lb.iter_mut().zip(b) {
+            *o = log_base(q);
+        }
+        imax_base[g] = first_max(lb).1;
+        for (o, &v) in lb.iter_mut().zip(z) {
+            let l = *o;
+            let term = expf(l) * (l - v + shift);
+            *o = if l > -16.0 { term } else { 0.0 };
+        }
+        let delta_p = expf(-nll) - expf(-nll_base);
+        out[g] = TokenRow {
+            kld: 0.0,
+            delta_p: delta_p as f64,
+            top: (max[g].1 == imax_base[g]) as u8,
+            nll: nll as f64,
+            nll_base: nll_base as f64,
         };
-        Ok(kld_token(z, b, token_index(next[r], vocab)?))
-    })
+    }
+    let kld = ordered_sums(e, n);
+    for g in 0..GROUP {
+        out[g].kld = kld[g];
+    }
+    out
 }
 
 /// The `f32` stored at `u16`s `i`, `i + 1` of a base row.
@@ -479,53 +645,73 @@ fn stored_f32(b: &[u16], i: usize) -> f32 {
     f32::from_bits(b[i] as u32 | (b[i + 1] as u32) << 16)
 }
 
-/// `expf` as llama.cpp calls it: the platform's own (`f32::exp` calls the C library's
-/// `expf`), which is not always the correctly rounded `e^x`; with it (and llama.cpp's order of
-/// summation) the per-token values are llama.cpp's to the bit on the same platform (all 248 of
-/// the fixture's, where `e^x` rounded from `f64` differed in 83 KL values by up to 4e-8).
+/// `2^(i/32)` as `f64` bits, less `i << 47` (glibc's `__exp2f_data.tab`).
+const EXP2F_TAB: [u64; 32] = [
+    0x3ff0000000000000,
+    0x3fefd9b0d3158574,
+    0x3fefb5586cf9890f,
+    0x3fef9301d0125b51,
+    0x3fef72b83c7d517b,
+    0x3fef54873168b9aa,
+    0x3fef387a6e756238,
+    0x3fef1e9df51fdee1,
+    0x3fef06fe0a31b715,
+    0x3feef1a7373aa9cb,
+    0x3feedea64c123422,
+    0x3feece086061892d,
+    0x3feebfdad5362a27,
+    0x3feeb42b569d4f82,
+    0x3feeab07dd485429,
+    0x3feea47eb03a5585,
+    0x3feea09e667f3bcd,
+    0x3fee9f75e8ec5f74,
+    0x3feea11473eb0187,
+    0x3feea589994cce13,
+    0x3feeace5422aa0db,
+    0x3feeb737b0cdc5e5,
+    0x3feec49182a3f090,
+    0x3feed503b23e255d,
+    0x3feee89f995ad3ad,
+    0x3feeff76f2fb5e47,
+    0x3fef199bdd85529c,
+    0x3fef3720dcef9069,
+    0x3fef5818dcfba487,
+    0x3fef7c97337b9b5f,
+    0x3fefa4afa2a490da,
+    0x3fefd0765b6e4540,
+];
+
+/// `expf` as llama.cpp calls it on Linux: glibc's (from Arm's optimized routines; its x86-64
+/// build with FMA, which glibc picks on every CPU that has FMA), step for step in `f64`, so
+/// that the per-token values are llama.cpp's to the bit. It agreed with the C library's
+/// `expf` on every third `f32` in [-103, 88] here (746,542,422 values; the build without FMA
+/// differs in one). Written for vectorisation: no branch but the final selects.
 #[inline(always)]
 fn expf(x: f32) -> f32 {
-    x.exp()
-}
-
-/// One token of [`compare_kld_rows`].
-#[inline(always)]
-fn kld_token(z: &[f32], b: &[u16], tok: usize) -> TokenRow {
-    let (scale, min_log_prob) = (stored_f32(b, 0), stored_f32(b, 2));
-    let b = &b[4..4 + z.len()];
-    let (mut max, mut imax) = (z[0], 0);
-    for (i, &v) in z.iter().enumerate().skip(1) {
-        if v > max {
-            (max, imax) = (v, i);
-        }
-    }
-    let mut sum = 0.0_f64;
-    for &v in z {
-        sum += expf(v - max) as f64;
-    }
-    let lse = sum.ln() as f32;
-    let nll = max + lse - z[tok];
-    let log_base = |q: u16| scale * q as f32 + min_log_prob;
-    let nll_base = -log_base(b[tok]);
-    let top_shift = max + lse;
-    let mut kld = 0.0_f64;
-    let (mut base_max, mut imax_base) = (log_base(b[0]), 0);
-    for (i, (&q, &v)) in b.iter().zip(z).enumerate() {
-        let lb = log_base(q);
-        if lb > base_max {
-            (base_max, imax_base) = (lb, i);
-        }
-        if lb > -16.0 {
-            kld += (expf(lb) * (lb - v + top_shift)) as f64;
-        }
-    }
-    let delta_p = expf(-nll) - expf(-nll_base);
-    TokenRow {
-        kld,
-        delta_p: delta_p as f64,
-        top: (imax == imax_base) as u8,
-        nll: nll as f64,
-        nll_base: nll_base as f64,
+    const N: f64 = 32.0;
+    const INV_LN2_N: f64 = f64::from_bits(0x3ff7_1547_652b_82fe) * N;
+    const SHIFT: f64 = f64::from_bits(0x4338_0000_0000_0000); // 0x1.8p52
+    const C0: f64 = f64::from_bits(0x3fac_6af8_4b91_2394) / (N * N * N);
+    const C1: f64 = f64::from_bits(0x3fce_bfce_50fa_c4f3) / (N * N);
+    const C2: f64 = f64::from_bits(0x3fe6_2e42_ff0c_52d6) / N;
+    let xd = x.clamp(-104.0, 89.0) as f64;
+    let kd = INV_LN2_N.mul_add(xd, SHIFT);
+    let ki = kd.to_bits();
+    let r = INV_LN2_N.mul_add(xd, -(kd - SHIFT));
+    let t = EXP2F_TAB[(ki % 32) as usize].wrapping_add(ki << 47);
+    let s = f64::from_bits(t);
+    let z = C0.mul_add(r, C1);
+    let y = C2.mul_add(r, 1.0);
+    let y = (z.mul_add(r * r, y) * s) as f32;
+    // glibc's special cases: NaN stays NaN, below log(2^-150) 0, above log(2^128) inf.
+    if x.is_nan() {
+        x
+    } else if x < f32::from_bits(0xc2cf_f1b4) {
+        0.0
+    } else if x > f32::from_bits(0x42b1_7217) {
+        f32::INFINITY
+    } else {
+        y
     }
 }
 
@@ -573,28 +759,35 @@ pub fn compare_logits_rows<B: Logit, O: Logit<C = B::C>>(
     let mut kld = vec![0.0; rows];
     let loss = LogitsLoss::new(Divergence::Forward);
     kl_div_logits_rows_into(other, base, &loss, &mut kld)?;
-    per_row(rows, vocab, out, |r, bufs: &mut (Vec<f64>, Vec<f64>)| {
-        let (zb, zo) = bufs;
-        zb.clear();
-        zb.extend(base.row(r).iter().map(|&v| v.widen().to_f64()));
-        zo.clear();
-        zo.extend(other.row(r).iter().map(|&v| v.widen().to_f64()));
-        let tok = token_index(next[r], vocab)?;
-        let (lse_b, imax_b) = lse_argmax(zb);
-        let (lse_o, imax_o) = lse_argmax(zo);
-        // The base's top token's rank among the other's entries.
-        let at = zo[imax_b];
-        let rank = zo[..imax_b].iter().filter(|&&v| v >= at).count()
-            + zo[imax_b + 1..].iter().filter(|&&v| v > at).count();
-        let (nll, nll_base) = (lse_o - zo[tok], lse_b - zb[tok]);
-        Ok(TokenRow {
-            kld: kld[r],
-            delta_p: exp_f64(-nll) - exp_f64(-nll_base),
-            top: (imax_o == imax_b) as u8 | ((rank < 5) as u8) << 1 | ((rank < 10) as u8) << 2,
-            nll,
-            nll_base,
-        })
-    })
+    per_group(
+        rows,
+        vocab,
+        1,
+        out,
+        |range, bufs: &mut (Vec<f64>, Vec<f64>)| {
+            let r = range.start;
+            let (zb, zo) = bufs;
+            zb.clear();
+            zb.extend(base.row(r).iter().map(|&v| v.widen().to_f64()));
+            zo.clear();
+            zo.extend(other.row(r).iter().map(|&v| v.widen().to_f64()));
+            let tok = token_index(next[r], vocab)?;
+            let (lse_b, imax_b) = lse_argmax(zb);
+            let (lse_o, imax_o) = lse_argmax(zo);
+            // The base's top token's rank among the other's entries.
+            let at = zo[imax_b];
+            let rank = zo[..imax_b].iter().filter(|&&v| v >= at).count()
+                + zo[imax_b + 1..].iter().filter(|&&v| v > at).count();
+            let (nll, nll_base) = (lse_o - zo[tok], lse_b - zb[tok]);
+            Ok(vec![TokenRow {
+                kld: kld[r],
+                delta_p: exp_f64(-nll) - exp_f64(-nll_base),
+                top: (imax_o == imax_b) as u8 | ((rank < 5) as u8) << 1 | ((rank < 10) as u8) << 2,
+                nll,
+                nll_base,
+            }])
+        },
+    )
 }
 
 /// `ln Σ e^z` of a row in `f64` and the index of its first maximum.

@@ -235,3 +235,100 @@ def test_cli_errors_leave_files_alone(tmp_path) -> None:
 def test_docstring_examples() -> None:
     failed, tried = doctest.testmod(_compare, optionflags=doctest.ELLIPSIS)
     assert tried >= 2 and failed == 0
+
+
+def write_safetensors(path, arrays: dict, dtype: str) -> None:
+    """A ``.safetensors`` file by its format (8-byte header length, JSON header, data), so
+    that the test needs no package; ``dtype`` BF16 stores float32 values' top halves."""
+    header, blobs, at = {"__metadata__": {"format": "pt"}}, [], 0
+    for name, a in arrays.items():
+        if dtype == "BF16":
+            raw = (np.ascontiguousarray(a, np.float32).view(np.uint32) >> 16).astype("<u2")
+        else:
+            raw = np.ascontiguousarray(a, {"F32": "<f4", "F16": "<f2"}[dtype])
+        data = raw.tobytes()
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(a.shape),
+            "data_offsets": [at, at + len(data)],
+        }
+        blobs.append(data)
+        at += len(data)
+    text = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + b"".join(blobs))
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
+def test_safetensors_logits(tmp_path, dtype: str) -> None:
+    other = np.load(fix("other_logits.npy"))
+    path = tmp_path / "other.safetensors"
+    write_safetensors(path, {"logits": other.reshape(8, 64, -1), "extra": np.zeros(3)}, dtype)
+    r = kldiv.compare(fix("base.kld"), str(path))
+    if dtype == "F32":
+        assert r.to_text() == llama_block()
+    else:  # the same as float32 logits holding the 16-bit values
+        if dtype == "F16":
+            widened = other.astype(np.float16).astype(np.float32)
+        else:
+            widened = ((other.view(np.uint32) >> 16) << 16).view(np.float32)
+        same = kldiv.compare(fix("base.kld"), widened)
+        np.testing.assert_array_equal(r.kld, same.kld)
+        np.testing.assert_array_equal(r.delta_p, same.delta_p)
+    # and as a base of logits (exact mode), and to write a .kld
+    exact = kldiv.compare(str(path), str(path), fix("tokens.npy"), n_ctx=64)
+    assert np.all(exact.kld == 0)
+    kldiv.write_kld_base(str(path), fix("tokens.npy"), 64, tmp_path / "b.kld")
+    if dtype == "F32":
+        assert (tmp_path / "b.kld").stat().st_size == os.path.getsize(fix("base.kld"))
+
+
+def test_safetensors_errors(tmp_path) -> None:
+    other = np.load(fix("other_logits.npy"))
+    path = tmp_path / "two.safetensors"
+    write_safetensors(path, {"a": other, "b": other}, "F32")
+    with pytest.raises(ValueError, match="its only tensor or the one named 'logits'"):
+        kldiv.compare(fix("base.kld"), str(path))
+    raw = path.read_bytes()
+    (tmp_path / "short.safetensors").write_bytes(raw[:-4])
+    write_safetensors(tmp_path / "one.safetensors", {"x": other}, "F32")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "one.safetensors").read_bytes()[:-4])
+    with pytest.raises(ValueError, match="truncated"):
+        kldiv.compare(fix("base.kld"), str(tmp_path / "cut.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        kldiv.compare(fix("base.kld"), str(tmp_path / "junk.safetensors"))
+
+
+def test_float16_npy_and_progress(tmp_path) -> None:
+    other = np.load(fix("other_logits.npy")).astype(np.float16)
+    np.save(tmp_path / "o16.npy", other)
+    seen = []
+    r = kldiv.compare(
+        fix("base.kld"), str(tmp_path / "o16.npy"), on_window=lambda d, n: seen.append((d, n))
+    )
+    same = kldiv.compare(fix("base.kld"), other.astype(np.float32))
+    np.testing.assert_array_equal(r.kld, same.kld)
+    assert seen == [(i, 8) for i in range(1, 9)]
+
+
+def test_truncated_npy_is_an_error(tmp_path) -> None:
+    raw = open(fix("other_logits.npy"), "rb").read()
+    (tmp_path / "cut.npy").write_bytes(raw[:-4000])
+    with pytest.raises(ValueError, match="is truncated: its header says"):
+        kldiv.compare(fix("base.kld"), str(tmp_path / "cut.npy"))
+
+
+def test_outputs_take_the_targets_mode(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    r = kldiv.compare(fix("base.kld"), fix("other_logits.npy"))
+    png = tmp_path / "p.png"
+    r.plot(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (png.stat().st_mode & 0o777) == 0o666 & ~umask
+    os.chmod(png, 0o640)
+    r.plot(png)
+    assert (png.stat().st_mode & 0o777) == 0o640
+    assert os.listdir(tmp_path) == ["p.png"]

@@ -1,9 +1,9 @@
-"""The README's examples, run as tests.
+"""The README's examples (and docs/compare.md's), run as tests.
 
 Each ```python block runs in a fresh namespace, in a temporary working directory (a block that
 imports PyTorch or Dask is skipped, with the reason, where that is not installed). The ``kldiv``
-command lines of the command-line block run as ``python -m kldiv ...`` on the files they name,
-which the test makes first, and their answers are compared with :func:`kldiv.kl_div`. The one
+command lines of the ```sh blocks run as ``python -m kldiv ...`` on the files they name, which
+the test makes first, and their answers are compared with the Python API's. The one
 ```rust block is compiled and run by ``cargo test`` (a doctest of ``src/lib.rs``).
 """
 
@@ -13,6 +13,7 @@ import ast
 import importlib.util
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import warnings
@@ -24,22 +25,25 @@ import pytest
 import kldiv
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+DOCS = [README, README.parent / "docs" / "compare.md"]  # whose examples run here
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "llamacpp"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 LANGUAGES = {"python", "sh", "text", "rust"}
 OPTIONAL = {"torch": "PyTorch", "dask": "Dask"}  # what a block may need that may be missing
 
 
-def fenced() -> list[tuple[str, int, str]]:
-    """The README's fenced blocks: (language, line of the opening fence, body)."""
-    text = README.read_text(encoding="utf-8")
+def fenced(doc: Path = README) -> list[tuple[str, int, str]]:
+    """A document's fenced blocks: (language, line of the opening fence, body)."""
+    text = doc.read_text(encoding="utf-8")
     return [(m[1], text.count("\n", 0, m.start()) + 1, m[2]) for m in FENCE.finditer(text)]
 
 
 def blocks(language: str) -> list[pytest.param]:
-    """The README's blocks in ``language`` as test parameters (line, body), named by line."""
+    """The documents' blocks in ``language`` as test parameters (document, line, body)."""
     return [
-        pytest.param(line, body, id=f"README.md:{line}")
-        for lang, line, body in fenced()
+        pytest.param(doc, line, body, id=f"{doc.name}:{line}")
+        for doc in DOCS
+        for lang, line, body in fenced(doc)
         if lang == language
     ]
 
@@ -83,25 +87,26 @@ def test_links_resolve():
         assert (README.parent / target).exists(), f"README links to a missing {target}"
 
 
-@pytest.mark.parametrize(("line", "code"), blocks("python"))
-def test_python_block(line, code, tmp_path, monkeypatch, threads):
+@pytest.mark.parametrize(("doc", "line", "code"), blocks("python"))
+def test_python_block(doc, line, code, tmp_path, monkeypatch, threads):
     for package in sorted(needs(code)):
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"{OPTIONAL[package]} is not installed (pip install .[{package}])")
     monkeypatch.chdir(tmp_path)
-    # Padded so that a traceback names the README's own line numbers.
-    exec(compile("\n" * line + code, str(README), "exec"), {"__name__": "__readme__"})
+    # Padded so that a traceback names the document's own line numbers.
+    exec(compile("\n" * line + code, str(doc), "exec"), {"__name__": "__readme__"})
 
 
 def cli_lines() -> list[list[str]]:
-    """The ``kldiv`` commands of the ```sh blocks that show ``kldiv loss``, as argument lists."""
+    """The ``kldiv`` commands of the documents' ```sh blocks, as argument lists."""
     lines = []
-    for lang, _, body in fenced():
-        if lang == "sh" and "kldiv loss" in body:
-            for line in body.splitlines():
-                args = shlex.split(line, comments=True)
-                if args and args[0] == "kldiv":
-                    lines.append(args)
+    for doc in DOCS:
+        for lang, _, body in fenced(doc):
+            if lang == "sh":
+                for line in body.splitlines():
+                    args = shlex.split(line, comments=True)
+                    if args and args[0] == "kldiv" and args not in lines:
+                        lines.append(args)
     return lines
 
 
@@ -119,12 +124,21 @@ def files(tmp_path):
     np.save(tmp_path / "student.npy", z)  # logits
     np.save(tmp_path / "teacher.npy", z + rng.standard_normal(z.shape).astype(np.float32))
     np.save(tmp_path / "labels.npy", rng.integers(-100, 40, 300))
+    for name in ("base_logits.npy", "other_logits.npy", "tokens.npy", "base.kld"):
+        shutil.copy(FIXTURES / name, tmp_path / name)  # llama.cpp's case, for kldiv compare
     return tmp_path, x, t
 
 
 def expected(args: list[str], d: Path, x: np.ndarray, t: np.ndarray) -> object:
-    """What ``kldiv`` should answer for these command-line arguments."""
+    """What ``kldiv`` should answer for these command-line arguments (``kldiv compare``: its
+    text; ``kldiv kld-base``: the file's bytes)."""
     value = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
+    if args[1] == "compare":
+        tokens = d / value["--tokens"] if "--tokens" in value else None
+        ctx = int(value["--ctx"]) if "--ctx" in value else None
+        return kldiv.compare(d / args[2], d / args[3], tokens, n_ctx=ctx).to_text()
+    if args[1] == "kld-base":
+        return (FIXTURES / "base.kld").read_bytes()
     reduction = value.get("--reduction")
     if "--from-logits" in args:
         at = args.index("--from-logits")
@@ -158,7 +172,14 @@ def test_cli_line(args, files):
     )
     assert r.returncode == 0, r.stderr
     want = expected(args, d, x, t)
-    if out is not None:
+    if args[1] == "compare":
+        assert r.stdout == want
+        for flag in ("--json", "--plot"):
+            if flag in args:
+                assert (d / args[args.index(flag) + 1]).stat().st_size > 0
+    elif args[1] == "kld-base":
+        assert (d / args[args.index("-o") + 1]).read_bytes() == want
+    elif out is not None:
         np.testing.assert_allclose(np.load(d / out), want, rtol=1e-6)
     else:
         assert float(r.stdout) == pytest.approx(float(want), rel=1e-6)

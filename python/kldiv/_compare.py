@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
 
-from . import _kldiv
+from . import _files, _kldiv
 
 PathOrArray = Union[str, "os.PathLike[str]", np.ndarray]
 
@@ -30,21 +30,66 @@ def _is_path(x: Any) -> bool:
 
 
 def _is_kld(path: Any) -> bool:
+    """Whether the file at ``path`` starts as a ``.kld`` base does."""
     with open(path, "rb") as f:
         return f.read(8) == b"_logits_"
 
 
+class _Rows:
+    """Rows of a 2-D array, read a block at a time: from a file (``np.fromfile`` at the rows'
+    offset, so that memory holds one block, whatever the file's size; a memory map would
+    count every page read in the process's resident memory) or from an array. ``kind`` is the
+    logits' type as the crate takes it (bfloat16 read as its ``uint16`` bits)."""
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        kind: str,
+        path: Any = None,
+        offset: int = 0,
+        array: np.ndarray | None = None,
+    ) -> None:
+        self.shape, self.kind, self.path, self.offset, self.array = (
+            shape,
+            kind,
+            path,
+            offset,
+            array,
+        )
+        self.dtype = np.dtype(_READ_AS[kind])
+
+    def read(self, rows: slice) -> np.ndarray:
+        if self.array is not None:
+            return self.array[rows]
+        start, stop, _ = rows.indices(self.shape[0])
+        width = self.shape[1]
+        block = np.fromfile(
+            self.path,
+            dtype=self.dtype,
+            count=(stop - start) * width,
+            offset=self.offset + start * width * self.dtype.itemsize,
+        )
+        if block.size != (stop - start) * width:  # shrunk while being read
+            raise ValueError(f"{os.fspath(self.path)}: the file is shorter than its header says")
+        return block.reshape(stop - start, width)
+
+
+# How each kind of logits is read from a file (little-endian; bfloat16 as its bits).
+_READ_AS = {"float32": "<f4", "float64": "<f8", "float16": "<f2", "bfloat16": "<u2", "u16": "<u2"}
+# safetensors' dtype names.
+_SAFETENSORS = {"F32": "float32", "F64": "float64", "F16": "float16", "BF16": "bfloat16"}
+
+
 @dataclass(frozen=True)
 class _Kld:
-    """A ``.kld`` base file, memory-mapped: its sizes, tokens and stored rows."""
+    """A ``.kld`` base file: its sizes, tokens and stored rows."""
 
     n_ctx: int
     n_vocab: int
     n_chunk: int
-    first: int
     scored: int
     tokens: np.ndarray
-    rows: np.ndarray
+    rows: _Rows
 
     @classmethod
     def open(cls, path: Any) -> _Kld:
@@ -52,41 +97,114 @@ class _Kld:
         with open(path, "rb") as f:
             head = f.read(20)
         try:
-            n_ctx, n_vocab, n_chunk, row_len, first, scored, offset = _kldiv.kld_header(head, size)
+            n_ctx, n_vocab, n_chunk, row_len, _, scored, offset = _kldiv.kld_header(head, size)
         except ValueError as e:
             raise ValueError(f"{os.fspath(path)}: {e}") from None
-        tokens = np.memmap(path, dtype="<i4", mode="r", offset=20, shape=(n_chunk * n_ctx,))
-        rows = np.memmap(
-            path, dtype="<u2", mode="r", offset=offset, shape=(n_chunk * scored, row_len)
-        )
-        return cls(n_ctx, n_vocab, n_chunk, first, scored, tokens, rows)
+        tokens = np.fromfile(path, dtype="<i4", count=n_chunk * n_ctx, offset=20)
+        rows = _Rows((n_chunk * scored, row_len), "u16", path, offset)
+        return cls(n_ctx, n_vocab, n_chunk, scored, tokens, rows)
 
 
-def _logits(x: PathOrArray, name: str) -> np.ndarray:
-    """Float logits as a 2-D array (rows, vocabulary): a ``.npy`` file memory-mapped, or an
-    array; ``(n_chunk, n_ctx, V)`` is taken as its rows."""
-    a = np.load(x, mmap_mode="r") if _is_path(x) else np.asarray(x)
-    if a.ndim == 3:
-        a = a.reshape(-1, a.shape[-1])
-    if a.ndim != 2 or a.shape[-1] == 0:
+def _logits(x: PathOrArray, name: str) -> _Rows:
+    """Float logits as rows (rows, vocabulary): a C-ordered ``.npy`` file or a
+    ``.safetensors`` file (its only tensor, or the one named ``logits``) read a block at a
+    time, or an array; ``(n_chunk, n_ctx, V)`` is taken as its rows."""
+    array = None
+    if _is_path(x) and os.fspath(x).endswith(".safetensors"):
+        shape, kind, offset = _safetensors_header(x, name)
+    elif _is_path(x):
+        with open(x, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read(f)
+            offset = f.tell()
+        if fortran and len(shape) > 1:
+            raise ValueError(
+                f"{name}: {os.fspath(x)} is in Fortran order; kldiv reads rows "
+                "of C-ordered .npy files"
+            )
+        if dtype.byteorder == ">":
+            raise ValueError(f"{name}: {os.fspath(x)} is big-endian")
+        kind = dtype.name
+    else:
+        array = np.asarray(x)
+        shape, kind, offset = array.shape, array.dtype.name, 0
+    if len(shape) not in (2, 3) or shape[-1] == 0:
         raise ValueError(
-            f"{name}: logits are (rows, vocabulary) or (windows, n_ctx, vocabulary); "
-            f"got shape {a.shape}"
+            f"{name}: logits are (rows, vocabulary) or (windows, n_ctx, "
+            f"vocabulary); got shape {tuple(shape)}"
         )
-    if a.dtype.name not in ("float32", "float64", "float16", "bfloat16"):
-        raise TypeError(f"{name}: logits are float32, float64, float16 or bfloat16; got {a.dtype}")
-    return a
+    if kind not in ("float32", "float64", "float16", "bfloat16"):
+        raise TypeError(f"{name}: logits are float32, float64, float16 or bfloat16; got {kind}")
+    rows = (int(np.prod(shape[:-1])), int(shape[-1]))
+    if array is None:
+        need = offset + rows[0] * rows[1] * np.dtype(_READ_AS[kind]).itemsize
+        have = os.path.getsize(x)
+        if have < need:
+            raise ValueError(
+                f"{name}: {os.fspath(x)} is truncated: its header says "
+                f"{need} bytes, the file has {have}"
+            )
+    else:
+        array = array.reshape(rows)
+    return _Rows(rows, kind, x if array is None else None, offset, array)
 
 
-def _kind(a: np.ndarray, llama: bool) -> tuple[np.ndarray, str]:
+def _safetensors_header(path: Any, name: str) -> tuple[tuple[int, ...], str, int]:
+    """The shape, kind and data offset of the logits in a ``.safetensors`` file: an 8-byte
+    little-endian header length, a JSON header, the data (read here a block at a time, so
+    bfloat16 needs no conversion and memory stays bounded)."""
+    where = f"{name}: {os.fspath(path)}"
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n <= 0 or 8 + n > size:
+            raise ValueError(f"{where} is not a safetensors file")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise ValueError(f"{where} is not a safetensors file") from None
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    if len(tensors) == 1:
+        (t,) = tensors.values()
+    elif "logits" in tensors:
+        t = tensors["logits"]
+    else:
+        raise ValueError(
+            f"{where} holds {sorted(tensors)}: kldiv reads its only tensor or "
+            "the one named 'logits'"
+        )
+    kind = _SAFETENSORS.get(t["dtype"])
+    if kind is None:
+        raise TypeError(f"{where}: logits are F32, F64, F16 or BF16; got {t['dtype']}")
+    begin, end = t["data_offsets"]
+    shape = tuple(t["shape"])
+    if end - begin != int(np.prod(shape)) * np.dtype(_READ_AS[kind]).itemsize or 8 + n + end > size:
+        raise ValueError(
+            f"{where}: the tensor's size does not match its shape, or the file is truncated"
+        )
+    return shape, kind, 8 + n + begin
+
+
+def _kind(a: np.ndarray, kind: str, llama: bool) -> tuple[np.ndarray, str]:
     """A block of logits as the crate takes it: float32 or float64 as they are (float64 as
     float32 against a ``.kld`` base, as llama.cpp sees logits), 16-bit ones as their bits."""
-    name = a.dtype.name
-    if name in ("float16", "bfloat16"):
-        return np.ascontiguousarray(a).view(np.uint16), name
-    if name == "float64" and llama:
+    if kind in ("float16", "bfloat16"):
+        return np.ascontiguousarray(a).view(np.uint16), kind
+    if kind == "float64" and llama:
         return a.astype(np.float32), "float32"
-    return np.ascontiguousarray(a), name
+    return np.ascontiguousarray(a), kind
+
+
+def _float32(a: np.ndarray, kind: str) -> np.ndarray:
+    """A block of logits as float32 (llama.cpp's logits), bfloat16 widened from its bits."""
+    if kind == "bfloat16" and a.dtype == np.uint16:
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _windows(n_chunk: int, n_ctx: int) -> Iterator[tuple[int, slice, slice]]:
@@ -96,6 +214,23 @@ def _windows(n_chunk: int, n_ctx: int) -> Iterator[tuple[int, slice, slice]]:
     for c in range(n_chunk):
         start = c * n_ctx
         yield c, slice(start + first, start + n_ctx - 1), slice(start + first + 1, start + n_ctx)
+
+
+def _read_ahead(
+    n_chunk: int, n_ctx: int, read: Callable[[int, slice], Any]
+) -> Iterator[tuple[int, slice, Any]]:
+    """Each window's index, the tokens its rows predict and ``read(window, rows)``, the next
+    window read on a second thread while the caller computes this one (file reads release the
+    GIL, as kldiv's kernels do): two windows in memory at most."""
+    windows = list(_windows(n_chunk, n_ctx))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(read, windows[0][0], windows[0][1]) if windows else None
+        for i, (c, _rows, toks) in enumerate(windows):
+            assert ahead is not None
+            data = ahead.result()
+            if i + 1 < len(windows):
+                ahead = pool.submit(read, windows[i + 1][0], windows[i + 1][1])
+            yield c, toks, data
 
 
 class CompareReport:
@@ -202,6 +337,54 @@ class CompareReport:
                 lines.append("%s: %6.3f ± %5.3f %%" % (label, 100.0 * v, 100.0 * u))
         return "\n".join(lines) + "\n"
 
+    def plot(self, path: str | os.PathLike[str]) -> None:
+        """Draw the distributions of the per-token KLD (log scale) and of Δp to a PNG file
+        (through a temporary file), with the summary above them. Needs matplotlib."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError("the plot needs matplotlib: pip install matplotlib") from None
+        s = self.summary()
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+        kld = self.kld[np.isfinite(self.kld)]
+        positive = kld[kld > 0]
+        if positive.size:
+            lo, hi = positive.min(), positive.max()
+            bins = np.geomspace(lo, hi if hi > lo else lo * 10, 60)
+            left.hist(positive, bins=bins, color="#3b6ea8")
+            left.set_xscale("log")
+        for fraction, value in s["kld_quantiles"]:
+            if fraction in (0.5, 0.99) and value > 0:
+                left.axvline(value, color="#c44", lw=1, ls="--")
+        left.set_xlabel("KL divergence per token (nats, log scale)")
+        left.set_ylabel("tokens")
+        rest = len(self.kld) - positive.size
+        left.set_title(
+            "KLD: median and 99% dashed"
+            + (f"; {rest} tokens at or below 0 not shown" if rest else ""),
+            fontsize=9,
+        )
+        right.hist(100.0 * self.delta_p, bins=80, color="#5a9a5a")
+        right.set_yscale("log")
+        right.set_xlabel("Δp = p(other) - p(base) of the next token (%)")
+        right.set_ylabel("tokens (log scale)")
+        right.set_title(f"RMS Δp {100 * s['delta_p_rms'][0]:.3f}%", fontsize=9)
+        fig.suptitle(
+            f"kldiv compare ({self.mode}): {s['count']} tokens, mean KLD "
+            f"{s['kld'][0]:.6f} ± {s['kld'][1]:.6f}, same top {100 * s['same_top'][0]:.2f}%, "
+            f"PPL(Q)/PPL(base) {s['ppl_ratio'][0]:.4f} ± {s['ppl_ratio'][1]:.4f}",
+            fontsize=10,
+        )
+        fig.tight_layout()
+        try:
+            with _files.replacing(path, ".png") as tmp:
+                fig.savefig(tmp, dpi=110, format="png")
+        finally:
+            plt.close(fig)
+
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
         """The summary and the per-token arrays as JSON (written to ``path`` through a
         temporary file, when given); returns the text."""
@@ -222,7 +405,8 @@ class CompareReport:
         }
         text = json.dumps(doc)
         if path is not None:
-            _write_atomically(path, text.encode())
+            with _files.replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
         return text
 
 
@@ -237,24 +421,13 @@ def _label(fraction: float) -> str:
     return "%4.1f%%  " % (100.0 * fraction)
 
 
-def _write_atomically(path: str | os.PathLike[str], data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".kldiv-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def compare(
     base: PathOrArray,
     other: PathOrArray,
     tokens: PathOrArray | None = None,
     *,
     n_ctx: int | None = None,
+    on_window: Callable[[int, int], None] | None = None,
 ) -> CompareReport:
     """Compare a model's next-token distributions with a base model's, token by token, as
     llama.cpp's ``llama-perplexity --kl-divergence`` does.
@@ -282,6 +455,8 @@ def compare(
     n_ctx : int, optional
         The window length, for float logits on both sides. As llama.cpp does, positions
         ``n_ctx/2 .. n_ctx-2`` of each window are scored, row ``i`` predicting token ``i + 1``.
+    on_window : callable, optional
+        Called as ``on_window(done, windows)`` after each window (a progress bar).
 
     Returns
     -------
@@ -310,14 +485,18 @@ def compare(
         kld = _Kld.open(base)
         o = _logits(other, "other")
         _check_rows(o, kld.n_chunk * kld.n_ctx, kld.n_vocab, "other")
-        n = kld.n_chunk * kld.scored
-        out = _outputs(n)
-        for c, rows, toks in _windows(kld.n_chunk, kld.n_ctx):
-            block, kind = _kind(o[rows], llama=True)
+        out = _outputs(kld.n_chunk * kld.scored)
+
+        def read(c: int, rows: slice) -> tuple[np.ndarray, str, np.ndarray]:
+            block, kind = _kind(o.read(rows), o.kind, llama=True)
+            return block, kind, kld.rows.read(slice(c * kld.scored, (c + 1) * kld.scored))
+
+        for c, toks, (block, kind, stored) in _read_ahead(kld.n_chunk, kld.n_ctx, read):
             next_tokens = np.asarray(kld.tokens[toks], dtype=np.int64)
-            stored = np.asarray(kld.rows[c * kld.scored : (c + 1) * kld.scored])
             part = tuple(a[c * kld.scored : (c + 1) * kld.scored] for a in out)
             _kldiv.compare_kld(block, kind, stored, next_tokens, part)
+            if on_window is not None:
+                on_window(c + 1, kld.n_chunk)
         return CompareReport(out, "llama.cpp", kld.n_ctx, kld.n_vocab)
     if tokens is None or n_ctx is None:
         raise ValueError("with float logits on both sides, pass tokens and n_ctx")
@@ -331,13 +510,15 @@ def compare(
     scored = n_ctx - 1 - n_ctx // 2
     out = _outputs(n_chunk * scored)
     for c, rows, nxt in _windows(n_chunk, n_ctx):
-        bb, bk = _kind(b[rows], llama=False)
-        ob, ok = _kind(o[rows], llama=False)
+        bb, bk = _kind(b.read(rows), b.kind, llama=False)
+        ob, ok = _kind(o.read(rows), o.kind, llama=False)
         if (bk == "float64") != (ok == "float64"):
             bb, bk = (bb.astype(np.float64), "float64") if ok == "float64" else (bb, bk)
             ob, ok = (ob.astype(np.float64), "float64") if bk == "float64" else (ob, ok)
         part = tuple(a[c * scored : (c + 1) * scored] for a in out)
         _kldiv.compare_logits(bb, bk, ob, ok, np.asarray(toks[nxt], dtype=np.int64), part)
+        if on_window is not None:
+            on_window(c + 1, n_chunk)
     return CompareReport(out, "exact", n_ctx, b.shape[1])
 
 
@@ -348,7 +529,7 @@ def _chunks(n_tokens: int, n_ctx: int) -> int:
     return n_tokens // n_ctx
 
 
-def _check_rows(a: np.ndarray, rows: int, vocab: int, name: str) -> None:
+def _check_rows(a: _Rows, rows: int, vocab: int, name: str) -> None:
     if a.shape != (rows, vocab):
         raise ValueError(
             f"{name}: logits of shape {a.shape} do not match {rows} positions "
@@ -393,20 +574,14 @@ def write_kld_base(
         raise ValueError(f"tokens must lie in [0, {z.shape[1]})")
     head, total = _kldiv.kld_header_bytes(n_ctx, z.shape[1], n_chunk)
     row_len = _kldiv.kld_header(bytes(head), total)[3]
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".kldiv-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with _files.replacing(path) as tmp:
+        with open(tmp, "wb") as f:
             f.write(bytes(head))
             f.write(np.asarray(toks, dtype="<i4").tobytes())
             for _, rows, _ in _windows(n_chunk, n_ctx):
-                block = np.ascontiguousarray(z[rows], dtype=np.float32)
+                block = _float32(z.read(rows), z.kind)
                 out = np.zeros((len(block), row_len), dtype="<u2")
                 _kldiv.kld_base_rows(block, out)
                 f.write(out.tobytes())
         if os.path.getsize(tmp) != total:
             raise RuntimeError("kldiv: the .kld file came out the wrong size")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

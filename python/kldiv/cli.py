@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import _loss
+from . import _files, _loss
 from ._kldiv import __version__
 from ._loss import REDUCTIONS
 
@@ -202,14 +202,7 @@ class _Output:
     def commit(self) -> None:
         self.array.flush()
         del self.array
-        try:
-            mode = stat.S_IMODE(os.stat(self.path).st_mode)
-        except FileNotFoundError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(self.temp, mode)
-        os.replace(self.temp, self.path)
+        _files.commit(self.temp, self.path)
 
     def discard(self) -> None:
         self.__dict__.pop("array", None)
@@ -295,7 +288,7 @@ def loss(a: argparse.Namespace) -> int:
     ndim = len(shape)
     n = shape[0] if ndim else 1
     total_bytes = x.nbytes + t.nbytes
-    shown = a.progress or (not a.quiet and total_bytes >= PROGRESS_BYTES and sys.stderr.isatty())
+    shown = _shown(a, total_bytes)
     result = np.result_type(x.dtype, t.dtype).newbyteorder("=")
     out = _Output(a.out, result, shape) if a.out else None
     total = 0.0
@@ -370,7 +363,7 @@ def loss_from_logits(a: argparse.Namespace) -> int:
     ndim = len(rows) + 1
     n = rows[0] if rows else 1
     total_bytes = s.nbytes + t.nbytes
-    shown = a.progress or (not a.quiet and total_bytes >= PROGRESS_BYTES and sys.stderr.isatty())
+    shown = _shown(a, total_bytes)
     result = np.result_type(s.dtype, t.dtype).newbyteorder("=")
     out = _Output(a.out, result, tuple(rows)) if a.out else None
     total = wsum = 0.0
@@ -436,10 +429,21 @@ def compare(a: argparse.Namespace) -> int:
             _check_input(path)
     if a.threads is not None:
         _loss.set_num_threads(a.threads)
-    report = _compare.compare(a.base, a.other, a.tokens, n_ctx=a.ctx)
+    total = sum(os.path.getsize(p) for p in (a.base, a.other))
+    progress = _Progress(total, _shown(a, total))
+
+    def on_window(done: int, windows: int) -> None:
+        progress.update(total * done // windows)
+
+    try:
+        report = _compare.compare(a.base, a.other, a.tokens, n_ctx=a.ctx, on_window=on_window)
+    finally:
+        progress.close()
     print(report.to_text(), end="")
     if a.json:
         report.to_json(a.json)
+    if a.plot:
+        report.plot(a.plot)
     return 0
 
 
@@ -452,6 +456,13 @@ def kld_base(a: argparse.Namespace) -> int:
         _check_input(path)
     _compare.write_kld_base(a.logits, a.tokens, a.ctx, a.output)
     return 0
+
+
+def _shown(a: argparse.Namespace, total_bytes: int) -> bool:
+    """Whether to draw the progress bar: ``--progress``, or a terminal and a large input."""
+    return bool(
+        a.progress or (not a.quiet and total_bytes >= PROGRESS_BYTES and sys.stderr.isatty())
+    )
 
 
 def _check_input(path: str) -> None:
@@ -512,7 +523,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cp.add_argument("--tokens", help="the tokens (.npy), for logits on both sides")
     cp.add_argument("--ctx", type=int, help="n_ctx, the window length, for logits on both sides")
     cp.add_argument("--json", help="write the summary and per-token values to this JSON file")
+    cp.add_argument("--plot", help="draw the KLD and Δp distributions to this PNG (matplotlib)")
     cp.add_argument("--threads", type=int, help="threads (default: all CPUs)")
+    cbar = cp.add_mutually_exclusive_group()
+    cbar.add_argument("--quiet", action="store_true", help="no progress bar")
+    cbar.add_argument(
+        "--progress", action="store_true", help="a progress bar even when stderr is not a terminal"
+    )
     kp = sub.add_parser("kld-base", help="write a llama.cpp .kld base file from logits")
     kp.add_argument("logits", help="the base model's logits (.npy), every position of every window")
     kp.add_argument("tokens", help="the tokens (.npy)")
@@ -542,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the help says what mean is
             return loss(args)
-    except (CliError, TypeError, ValueError, OSError, RuntimeError) as e:
+    except (CliError, TypeError, ValueError, OSError, RuntimeError, ImportError) as e:
         print(f"kldiv: error: {e}", file=sys.stderr)
         return 2
     except MemoryError as e:
