@@ -28,7 +28,8 @@
 //! `reduce.rs` the fused sums, `transposed.rs` the sums over transposed inputs, `grad.rs` the
 //! gradient kernels, `loss.rs` the public reductions, `walk.rs` the checked operands and the
 //! strided traversal, `parallel.rs` the thread pool and the fixed blocks, `simd.rs` the
-//! run-time dispatch, [`runtime`] the process-wide controls. The Python bindings (feature
+//! run-time dispatch, [`runtime`] the process-wide controls, `logits/` the losses from logits,
+//! `compare.rs` the comparison of two models (llama.cpp's `--kl-divergence`). The Python bindings (feature
 //! `python`) live in `py.rs`. `ndarray` is re-exported, so that the views a caller makes are
 //! the ones the kernels take.
 

@@ -332,3 +332,48 @@ def test_outputs_take_the_targets_mode(tmp_path) -> None:
     r.plot(png)
     assert (png.stat().st_mode & 0o777) == 0o640
     assert os.listdir(tmp_path) == ["p.png"]
+
+
+LEVELS_SCRIPT = r"""
+import hashlib, json, sys
+import numpy as np
+import kldiv
+
+kldiv.set_num_threads(int(sys.argv[2]))
+d = sys.argv[1]
+r = kldiv.compare(d + "/base.kld", d + "/other_logits.npy")
+e = kldiv.compare(d + "/base_logits.npy", d + "/other_logits.npy", d + "/tokens.npy", n_ctx=64)
+digest = hashlib.sha256()
+for rep in (r, e):
+    for a in (rep.kld, rep.delta_p, rep.nll, rep.nll_base, rep.same_top):
+        digest.update(a.tobytes())
+print(json.dumps({"level": kldiv.simd_level(), "digest": digest.hexdigest(),
+                  "text": r.to_text()}))
+"""
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_same_bits_at_every_simd_level_and_thread_count(level: str, threads: int) -> None:
+    """llama.cpp's numbers at every SIMD level (the scalar one takes the C library's fma for
+    glibc's fused steps) and thread count."""
+    env = {**os.environ, "KLDIV_SIMD": level}
+    out = subprocess.run(
+        [sys.executable, "-c", LEVELS_SCRIPT, FIX, str(threads)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    got = json.loads(out.stdout)
+    ref = subprocess.run(
+        [sys.executable, "-c", LEVELS_SCRIPT, FIX, "1"],
+        env={**os.environ, "KLDIV_SIMD": "scalar"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert got["text"] == llama_block()
+    assert got["digest"] == json.loads(ref.stdout)["digest"]

@@ -57,19 +57,28 @@ class _Rows:
             array,
         )
         self.dtype = np.dtype(_READ_AS[kind])
+        self._buffers: dict[int, np.ndarray] = {}
 
-    def read(self, rows: slice) -> np.ndarray:
+    def read(self, rows: slice, slot: int | None = None) -> np.ndarray:
+        """The rows ``rows``: a view of an array, or read from the file into a new array, or
+        into this ``slot``'s buffer, reused from read to read (no fresh pages to fault in and
+        zero for each block)."""
         if self.array is not None:
             return self.array[rows]
         start, stop, _ = rows.indices(self.shape[0])
         width = self.shape[1]
-        block = np.fromfile(
-            self.path,
-            dtype=self.dtype,
-            count=(stop - start) * width,
-            offset=self.offset + start * width * self.dtype.itemsize,
-        )
-        if block.size != (stop - start) * width:  # shrunk while being read
+        count = (stop - start) * width
+        buffer = self._buffers.get(slot) if slot is not None else None
+        if buffer is None or buffer.size < count:
+            buffer = np.empty(count, dtype=self.dtype)
+            if slot is not None:
+                self._buffers[slot] = buffer
+        block = buffer[:count]
+        want = block.nbytes
+        offset = self.offset + start * width * self.dtype.itemsize
+        with open(self.path, "rb", buffering=0) as f:
+            got = os.preadv(f.fileno(), [memoryview(block).cast("B")], offset)
+        if got != want:  # shrunk while being read
             raise ValueError(f"{os.fspath(self.path)}: the file is shorter than its header says")
         return block.reshape(stop - start, width)
 
@@ -217,19 +226,20 @@ def _windows(n_chunk: int, n_ctx: int) -> Iterator[tuple[int, slice, slice]]:
 
 
 def _read_ahead(
-    n_chunk: int, n_ctx: int, read: Callable[[int, slice], Any]
+    n_chunk: int, n_ctx: int, read: Callable[[int, slice, int], Any]
 ) -> Iterator[tuple[int, slice, Any]]:
-    """Each window's index, the tokens its rows predict and ``read(window, rows)``, the next
-    window read on a second thread while the caller computes this one (file reads release the
-    GIL, as kldiv's kernels do): two windows in memory at most."""
+    """Each window's index, the tokens its rows predict and ``read(window, rows, slot)``, the
+    next window read on a second thread while the caller computes this one (file reads release
+    the GIL, as kldiv's kernels do), into the other of two slots of buffers: two windows in
+    memory at most."""
     windows = list(_windows(n_chunk, n_ctx))
     with ThreadPoolExecutor(max_workers=1) as pool:
-        ahead = pool.submit(read, windows[0][0], windows[0][1]) if windows else None
+        ahead = pool.submit(read, windows[0][0], windows[0][1], 0) if windows else None
         for i, (c, _rows, toks) in enumerate(windows):
             assert ahead is not None
             data = ahead.result()
             if i + 1 < len(windows):
-                ahead = pool.submit(read, windows[i + 1][0], windows[i + 1][1])
+                ahead = pool.submit(read, windows[i + 1][0], windows[i + 1][1], (i + 1) % 2)
             yield c, toks, data
 
 
@@ -487,9 +497,10 @@ def compare(
         _check_rows(o, kld.n_chunk * kld.n_ctx, kld.n_vocab, "other")
         out = _outputs(kld.n_chunk * kld.scored)
 
-        def read(c: int, rows: slice) -> tuple[np.ndarray, str, np.ndarray]:
-            block, kind = _kind(o.read(rows), o.kind, llama=True)
-            return block, kind, kld.rows.read(slice(c * kld.scored, (c + 1) * kld.scored))
+        def read(c: int, rows: slice, slot: int) -> tuple[np.ndarray, str, np.ndarray]:
+            block, kind = _kind(o.read(rows, slot), o.kind, llama=True)
+            stored = kld.rows.read(slice(c * kld.scored, (c + 1) * kld.scored), slot)
+            return block, kind, stored
 
         for c, toks, (block, kind, stored) in _read_ahead(kld.n_chunk, kld.n_ctx, read):
             next_tokens = np.asarray(kld.tokens[toks], dtype=np.int64)
