@@ -261,6 +261,42 @@ pub fn kld_base_row(logits: &[f32], out: &mut [u16]) {
     }
 }
 
+/// A stored row's log-probability of entry `q` as llama.cpp reads it: `scale q + min`, in
+/// `f32` (not fused).
+#[inline(always)]
+fn stored_log_prob(scale: f32, min_log_prob: f32, q: u16) -> f32 {
+    scale * q as f32 + min_log_prob
+}
+
+/// The log-probabilities a stored `.kld` row holds (see [`kld_base_row`]) for the
+/// vocabulary's `out.len()` entries, as llama.cpp reads them: the entries below the row's cut
+/// (−16 under its maximum) read as the cut.
+///
+/// # Panics
+/// If `stored` holds fewer than `out.len() + 4` values.
+///
+/// # Example
+/// ```
+/// let logits = [0.0_f32, 1.0, 2.0, -30.0];
+/// let mut row = [0u16; 8];
+/// kldiv::kld_base_row(&logits, &mut row);
+/// let mut lp = [0.0_f32; 4];
+/// kldiv::kld_log_probs(&row, &mut lp);
+/// let lse = logits.iter().map(|&z| (z as f64).exp()).sum::<f64>().ln();
+/// assert!((lp[2] as f64 - (2.0 - lse)).abs() < 1e-3);
+/// assert!((lp[3] as f64 - (-14.0 - lse)).abs() < 1e-3); // -30 reads as the cut, 2 - 16
+/// ```
+pub fn kld_log_probs(stored: &[u16], out: &mut [f32]) {
+    assert!(
+        stored.len() >= out.len() + 4,
+        "a .kld row holds the vocabulary and 4 more"
+    );
+    let (scale, min_log_prob) = (stored_f32(stored, 0), stored_f32(stored, 2));
+    for (o, &q) in out.iter_mut().zip(&stored[4..]) {
+        *o = stored_log_prob(scale, min_log_prob, q);
+    }
+}
+
 /// The per-token values of a comparison, one a scored token: the KL divergence from the base
 /// distribution to the other's, `Δp = p - p_base` (the change in the probability of the actual
 /// next token), whether the two top tokens agree, the negative log-likelihoods of the next token
@@ -609,7 +645,7 @@ fn kld_group(
         let b = &b[4..4 + n];
         let lse = sum_exp[g].ln() as f32;
         let nll = max[g].0 + lse - z[tok];
-        let log_base = |q: u16| scale * q as f32 + min_log_prob;
+        let log_base = |q: u16| stored_log_prob(scale, min_log_prob, q);
         let nll_base = -log_base(b[tok]);
         let shift = max[g].0 + lse;
         // The base's log-probabilities, their first maximum, then the terms in their place

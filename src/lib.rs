@@ -55,7 +55,8 @@ mod walk;
 mod py;
 
 pub use compare::{
-    compare_kld_rows, compare_logits_rows, kld_base_row, Estimate, KldHeader, PerToken, Summary,
+    compare_kld_rows, compare_logits_rows, kld_base_row, kld_log_probs, Estimate, KldHeader,
+    PerToken, Summary,
 };
 pub use error::Error;
 pub use float::Float;

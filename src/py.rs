@@ -568,6 +568,33 @@ fn kld_base_rows(logits: In<'_, f32>, mut out: Out<'_, u16>) -> PyResult<()> {
     Ok(())
 }
 
+/// The log-probabilities of `.kld` rows `stored` (`(rows, row_len)`, `uint16`) into `out`
+/// (`(rows, V)`, float32; see [`crate::kld_log_probs`]).
+#[pyfunction]
+fn kld_log_probs(stored: In<'_, u16>, mut out: Out<'_, f32>) -> PyResult<()> {
+    use numpy::ndarray::{Axis, Ix2};
+    let bad = || PyValueError::new_err("kld_log_probs: rows of a .kld file and their logits");
+    let s = stored
+        .as_array()
+        .into_dimensionality::<Ix2>()
+        .map_err(|_| bad())?;
+    let mut o = out
+        .as_array_mut()
+        .into_dimensionality::<Ix2>()
+        .map_err(|_| bad())?;
+    if s.nrows() != o.nrows() || s.ncols() != crate::KldHeader::row_len_of(o.ncols()) {
+        return Err(bad());
+    }
+    for (srow, mut orow) in s.axis_iter(Axis(0)).zip(o.axis_iter_mut(Axis(0))) {
+        let srow = srow.to_vec();
+        match orow.as_slice_mut() {
+            Some(out) => crate::kld_log_probs(&srow, out),
+            None => return Err(bad()),
+        }
+    }
+    Ok(())
+}
+
 /// The per-token outputs of a comparison, as contiguous NumPy arrays.
 type PerTokenOut<'py> = (
     Out<'py, f64>,
@@ -1047,6 +1074,7 @@ fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kld_header, m)?)?;
     m.add_function(wrap_pyfunction!(kld_header_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(kld_base_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(kld_log_probs, m)?)?;
     m.add_function(wrap_pyfunction!(compare_kld, m)?)?;
     m.add_function(wrap_pyfunction!(compare_logits, m)?)?;
     m.add_function(wrap_pyfunction!(compare_summary, m)?)?;

@@ -377,3 +377,53 @@ def test_same_bits_at_every_simd_level_and_thread_count(level: str, threads: int
     )
     assert got["text"] == llama_block()
     assert got["digest"] == json.loads(ref.stdout)["digest"]
+
+
+def test_blocks_of_rows_give_the_same_bits(monkeypatch) -> None:
+    """Windows read in blocks of a few rows (memory bounded whatever n_ctx and V)."""
+    whole = kldiv.compare(fix("base.kld"), fix("other_logits.npy"))
+    exact = kldiv.compare(
+        fix("base_logits.npy"), fix("other_logits.npy"), fix("tokens.npy"), n_ctx=64
+    )
+    monkeypatch.setattr(_compare, "BLOCK_BYTES", 3 * 4000)  # 3 rows of 1000 float32
+    seen: list[tuple[int, int]] = []
+    blocks = kldiv.compare(
+        fix("base.kld"), fix("other_logits.npy"), on_window=lambda d, n: seen.append((d, n))
+    )
+    assert seen == [(i, 8) for i in range(1, 9)]
+    for a, b in (
+        (whole, blocks),
+        (
+            exact,
+            kldiv.compare(
+                fix("base_logits.npy"), fix("other_logits.npy"), fix("tokens.npy"), n_ctx=64
+            ),
+        ),
+    ):
+        for key in ("kld", "delta_p", "nll", "nll_base", "same_top"):
+            np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+    assert blocks.to_text() == llama_block()
+
+
+def test_kld_against_kld(tmp_path) -> None:
+    """Two .kld files: the other's stored log-probabilities taken as its logits."""
+    same = kldiv.compare(fix("base.kld"), fix("base.kld"))
+    assert same.mode == "llama.cpp" and len(same) == 248
+    assert np.all(np.abs(same.kld) < 0.01) and same.same_top.all()
+    np.testing.assert_allclose(same.nll, same.nll_base, atol=0.01)
+    other = tmp_path / "other.kld"
+    kldiv.write_kld_base(fix("other_logits.npy"), fix("tokens.npy"), 64, other)
+    r = kldiv.compare(fix("base.kld"), str(other))
+    direct = kldiv.compare(fix("base.kld"), fix("other_logits.npy"))
+    assert abs(r.summary()["kld"][0] - direct.summary()["kld"][0]) < 1e-3
+    np.testing.assert_array_equal(r.same_top, direct.same_top)
+    tokens = np.load(fix("tokens.npy"))
+    tokens[5] += 1
+    kldiv.write_kld_base(fix("other_logits.npy"), tokens, 64, tmp_path / "t.kld")
+    with pytest.raises(ValueError, match="different tokens"):
+        kldiv.compare(fix("base.kld"), str(tmp_path / "t.kld"))
+    kldiv.write_kld_base(fix("other_logits.npy"), tokens, 32, tmp_path / "c.kld")
+    with pytest.raises(ValueError, match="the .kld files differ"):
+        kldiv.compare(fix("base.kld"), str(tmp_path / "c.kld"))
+    with pytest.raises(ValueError, match="compares only with a .kld base"):
+        kldiv.compare(fix("base_logits.npy"), str(other), fix("tokens.npy"), n_ctx=64)

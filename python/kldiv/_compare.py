@@ -59,6 +59,10 @@ class _Rows:
         self.dtype = np.dtype(_READ_AS[kind])
         self._buffers: dict[int, np.ndarray] = {}
 
+    @property
+    def row_bytes(self) -> int:
+        return self.shape[1] * self.dtype.itemsize
+
     def read(self, rows: slice, slot: int | None = None) -> np.ndarray:
         """The rows ``rows``: a view of an array, or read from the file into a new array, or
         into this ``slot``'s buffer, reused from read to read (no fresh pages to fault in and
@@ -216,31 +220,57 @@ def _float32(a: np.ndarray, kind: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _windows(n_chunk: int, n_ctx: int) -> Iterator[tuple[int, slice, slice]]:
-    """Each window's index, its scored rows and the tokens they predict (llama.cpp scores
-    positions ``n_ctx/2 .. n_ctx-2``, row ``j`` predicting token ``j + 1``)."""
-    first = n_ctx // 2
+# Each input is read a block of rows of at most this many bytes at a time, two blocks in
+# memory (one computed, the next read), whatever the file's size, n_ctx or vocabulary.
+BLOCK_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class _Block:
+    """A block of a window's scored rows: llama.cpp scores positions ``n_ctx/2 .. n_ctx-2``
+    of each window, row ``j`` predicting token ``j + 1``."""
+
+    window: int
+    rows: slice  # in the logits (every position of every window)
+    scored: slice  # among the scored tokens (the outputs, a .kld file's stored rows)
+    tokens: slice  # the tokens they predict
+    last: bool  # the window's last block
+
+
+def _blocks(n_chunk: int, n_ctx: int, row_bytes: int) -> list[_Block]:
+    first, scored = n_ctx // 2, n_ctx - 1 - n_ctx // 2
+    per = max(1, BLOCK_BYTES // max(1, row_bytes))
+    blocks = []
     for c in range(n_chunk):
-        start = c * n_ctx
-        yield c, slice(start + first, start + n_ctx - 1), slice(start + first + 1, start + n_ctx)
+        for a in range(0, scored, per):
+            b = min(a + per, scored)
+            r = c * n_ctx + first + a
+            blocks.append(
+                _Block(
+                    c,
+                    slice(r, r + b - a),
+                    slice(c * scored + a, c * scored + b),
+                    slice(r + 1, r + 1 + b - a),
+                    b == scored,
+                )
+            )
+    return blocks
 
 
 def _read_ahead(
-    n_chunk: int, n_ctx: int, read: Callable[[int, slice, int], Any]
-) -> Iterator[tuple[int, slice, Any]]:
-    """Each window's index, the tokens its rows predict and ``read(window, rows, slot)``, the
-    next window read on a second thread while the caller computes this one (file reads release
-    the GIL, as kldiv's kernels do), into the other of two slots of buffers: two windows in
-    memory at most."""
-    windows = list(_windows(n_chunk, n_ctx))
+    blocks: list[_Block], read: Callable[[_Block, int], Any]
+) -> Iterator[tuple[_Block, Any]]:
+    """Each block and ``read(block, slot)``, the next block read on a second thread while the
+    caller computes this one (file reads release the GIL, as kldiv's kernels do), into the
+    other of two slots of buffers."""
     with ThreadPoolExecutor(max_workers=1) as pool:
-        ahead = pool.submit(read, windows[0][0], windows[0][1], 0) if windows else None
-        for i, (c, _rows, toks) in enumerate(windows):
+        ahead = pool.submit(read, blocks[0], 0) if blocks else None
+        for i, block in enumerate(blocks):
             assert ahead is not None
             data = ahead.result()
-            if i + 1 < len(windows):
-                ahead = pool.submit(read, windows[i + 1][0], windows[i + 1][1], (i + 1) % 2)
-            yield c, toks, data
+            if i + 1 < len(blocks):
+                ahead = pool.submit(read, blocks[i + 1], (i + 1) % 2)
+            yield block, data
 
 
 class CompareReport:
@@ -459,7 +489,9 @@ def compare(
     other : path or array
         The other model's float logits at every position of every window, shape
         ``(n_chunk * n_ctx, V)`` or ``(n_chunk, n_ctx, V)``; float32, float64, float16 or
-        bfloat16. ``.npy`` files are memory-mapped and read a window at a time.
+        bfloat16; ``.npy`` or ``.safetensors`` files are read a block of rows at a time.
+        With a ``.kld`` base, also another ``.kld`` file of the same tokens (its stored
+        log-probabilities taken as the other model's).
     tokens : path or array, optional
         The tokens (``n_chunk * n_ctx`` integers), for float logits on both sides.
     n_ctx : int, optional
@@ -493,24 +525,37 @@ def compare(
         if tokens is not None or n_ctx is not None:
             raise ValueError("a .kld base holds its tokens and n_ctx: pass neither")
         kld = _Kld.open(base)
-        o = _logits(other, "other")
-        _check_rows(o, kld.n_chunk * kld.n_ctx, kld.n_vocab, "other")
+        if _is_path(other) and _is_kld(other):
+            o: _Rows | _Kld = _Kld.open(other)
+            _check_same_kld(kld, o)
+            row_bytes = kld.n_vocab * 4
+        else:
+            o = _logits(other, "other")
+            _check_rows(o, kld.n_chunk * kld.n_ctx, kld.n_vocab, "other")
+            row_bytes = o.row_bytes
+
+        def read(blk: _Block, slot: int) -> tuple[np.ndarray, str, np.ndarray]:
+            if isinstance(o, _Kld):  # its stored log-probabilities, as llama.cpp reads them
+                log_probs = np.empty((blk.scored.stop - blk.scored.start, kld.n_vocab), np.float32)
+                _kldiv.kld_log_probs(o.rows.read(blk.scored, slot), log_probs)
+                block, kind = log_probs, "float32"
+            else:
+                block, kind = _kind(o.read(blk.rows, slot), o.kind, llama=True)
+            return block, kind, kld.rows.read(blk.scored, slot)
+
         out = _outputs(kld.n_chunk * kld.scored)
-
-        def read(c: int, rows: slice, slot: int) -> tuple[np.ndarray, str, np.ndarray]:
-            block, kind = _kind(o.read(rows, slot), o.kind, llama=True)
-            stored = kld.rows.read(slice(c * kld.scored, (c + 1) * kld.scored), slot)
-            return block, kind, stored
-
-        for c, toks, (block, kind, stored) in _read_ahead(kld.n_chunk, kld.n_ctx, read):
-            next_tokens = np.asarray(kld.tokens[toks], dtype=np.int64)
-            part = tuple(a[c * kld.scored : (c + 1) * kld.scored] for a in out)
+        blocks = _blocks(kld.n_chunk, kld.n_ctx, row_bytes)
+        for blk, (block, kind, stored) in _read_ahead(blocks, read):
+            next_tokens = np.asarray(kld.tokens[blk.tokens], dtype=np.int64)
+            part = tuple(a[blk.scored] for a in out)
             _kldiv.compare_kld(block, kind, stored, next_tokens, part)
-            if on_window is not None:
-                on_window(c + 1, kld.n_chunk)
+            if blk.last and on_window is not None:
+                on_window(blk.window + 1, kld.n_chunk)
         return CompareReport(out, "llama.cpp", kld.n_ctx, kld.n_vocab)
     if tokens is None or n_ctx is None:
         raise ValueError("with float logits on both sides, pass tokens and n_ctx")
+    if _is_path(other) and _is_kld(other):
+        raise ValueError("a .kld file compares only with a .kld base")
     b = _logits(base, "base")
     o = _logits(other, "other")
     toks = np.load(tokens, mmap_mode="r") if _is_path(tokens) else np.asarray(tokens)
@@ -518,19 +563,33 @@ def compare(
     n_chunk = _chunks(len(toks), n_ctx)
     _check_rows(b, len(toks), b.shape[1], "base")
     _check_rows(o, len(toks), b.shape[1], "other")
-    scored = n_ctx - 1 - n_ctx // 2
-    out = _outputs(n_chunk * scored)
-    for c, rows, nxt in _windows(n_chunk, n_ctx):
-        bb, bk = _kind(b.read(rows), b.kind, llama=False)
-        ob, ok = _kind(o.read(rows), o.kind, llama=False)
-        if (bk == "float64") != (ok == "float64"):
+
+    def read_both(blk: _Block, slot: int) -> tuple[np.ndarray, str, np.ndarray, str]:
+        bb, bk = _kind(b.read(blk.rows, slot), b.kind, llama=False)
+        ob, ok = _kind(o.read(blk.rows, slot), o.kind, llama=False)
+        if (bk == "float64") != (ok == "float64"):  # one compute type: float64 for both
             bb, bk = (bb.astype(np.float64), "float64") if ok == "float64" else (bb, bk)
             ob, ok = (ob.astype(np.float64), "float64") if bk == "float64" else (ob, ok)
-        part = tuple(a[c * scored : (c + 1) * scored] for a in out)
-        _kldiv.compare_logits(bb, bk, ob, ok, np.asarray(toks[nxt], dtype=np.int64), part)
-        if on_window is not None:
-            on_window(c + 1, n_chunk)
+        return bb, bk, ob, ok
+
+    out = _outputs(n_chunk * (n_ctx - 1 - n_ctx // 2))
+    blocks = _blocks(n_chunk, n_ctx, max(b.row_bytes, o.row_bytes))
+    for blk, (bb, bk, ob, ok) in _read_ahead(blocks, read_both):
+        part = tuple(a[blk.scored] for a in out)
+        _kldiv.compare_logits(bb, bk, ob, ok, np.asarray(toks[blk.tokens], dtype=np.int64), part)
+        if blk.last and on_window is not None:
+            on_window(blk.window + 1, n_chunk)
     return CompareReport(out, "exact", n_ctx, b.shape[1])
+
+
+def _check_same_kld(base: _Kld, other: _Kld) -> None:
+    """Two .kld files compare only where they score the same tokens of the same windows."""
+    mine = (base.n_ctx, base.n_vocab, base.n_chunk)
+    theirs = (other.n_ctx, other.n_vocab, other.n_chunk)
+    if mine != theirs:
+        raise ValueError(f"the .kld files differ: n_ctx, vocabulary, windows {mine} and {theirs}")
+    if not np.array_equal(base.tokens, other.tokens):
+        raise ValueError("the .kld files hold different tokens")
 
 
 def _chunks(n_tokens: int, n_ctx: int) -> int:
@@ -589,8 +648,8 @@ def write_kld_base(
         with open(tmp, "wb") as f:
             f.write(bytes(head))
             f.write(np.asarray(toks, dtype="<i4").tobytes())
-            for _, rows, _ in _windows(n_chunk, n_ctx):
-                block = _float32(z.read(rows), z.kind)
+            for blk in _blocks(n_chunk, n_ctx, z.shape[1] * 4):
+                block = _float32(z.read(blk.rows), z.kind)
                 out = np.zeros((len(block), row_len), dtype="<u2")
                 _kldiv.kld_base_rows(block, out)
                 f.write(out.tobytes())

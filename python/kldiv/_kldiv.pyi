@@ -130,6 +130,9 @@ def kld_header(head: bytes, file_len: int) -> tuple[int, int, int, int, int, int
 def kld_header_bytes(n_ctx: int, n_vocab: int, n_chunk: int) -> tuple[list[int], int]:
     """The header bytes of a .kld file for these sizes, and the file's total length."""
 
+def kld_log_probs(stored: NDArray[np.uint16], out: NDArray[np.float32]) -> None:
+    """The log-probabilities of .kld rows (rows, row_len) into out (rows, V)."""
+
 def kld_base_rows(logits: NDArray[np.float32], out: NDArray[np.uint16]) -> None:
     """.kld rows of float32 logits (rows, V) into out (rows, row_len)."""
 
