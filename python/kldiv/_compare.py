@@ -10,6 +10,7 @@ prints them).
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -58,31 +59,47 @@ class _Rows:
         )
         self.dtype = np.dtype(_READ_AS[kind])
         self._buffers: dict[int, np.ndarray] = {}
+        self._maps: dict[int, mmap.mmap] = {}
 
     @property
     def row_bytes(self) -> int:
         return self.shape[1] * self.dtype.itemsize
 
     def read(self, rows: slice, slot: int | None = None) -> np.ndarray:
-        """The rows ``rows``: a view of an array, or read from the file into a new array, or
-        into this ``slot``'s buffer, reused from read to read (no fresh pages to fault in and
-        zero for each block)."""
+        """The rows ``rows``: a view of an array, or from the file. With a ``slot`` (a block
+        read ahead, see :func:`_read_ahead`), a memory map of just the block, populated when
+        made (``MAP_POPULATE``: the page cache's own pages, no copy; 0.36 s for W13 instead of
+        0.58 s with reads into a buffer) and unmapped once the slot's next block replaces it
+        and its arrays are gone, so that memory holds two blocks; where Linux's
+        ``MAP_POPULATE`` is missing, read into the slot's reused buffer. Without a slot, read
+        into a new array."""
         if self.array is not None:
             return self.array[rows]
         start, stop, _ = rows.indices(self.shape[0])
         width = self.shape[1]
         count = (stop - start) * width
-        buffer = self._buffers.get(slot) if slot is not None else None
-        if buffer is None or buffer.size < count:
-            buffer = np.empty(count, dtype=self.dtype)
-            if slot is not None:
-                self._buffers[slot] = buffer
-        block = buffer[:count]
-        want = block.nbytes
         offset = self.offset + start * width * self.dtype.itemsize
         with open(self.path, "rb", buffering=0) as f:
+            if slot is not None and hasattr(mmap, "MAP_POPULATE"):
+                aligned = offset - offset % mmap.ALLOCATIONGRANULARITY
+                length = offset - aligned + count * self.dtype.itemsize
+                if os.fstat(f.fileno()).st_size < aligned + length:  # shrunk since opened
+                    raise ValueError(
+                        f"{os.fspath(self.path)}: the file is shorter than its header says"
+                    )
+                flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
+                m = mmap.mmap(f.fileno(), length, flags=flags, prot=mmap.PROT_READ, offset=aligned)
+                self._maps[slot] = m  # the slot's previous map goes when its arrays do
+                block = np.frombuffer(m, dtype=self.dtype, count=count, offset=offset - aligned)
+                return block.reshape(stop - start, width)
+            buffer = self._buffers.get(slot) if slot is not None else None
+            if buffer is None or buffer.size < count:
+                buffer = np.empty(count, dtype=self.dtype)
+                if slot is not None:
+                    self._buffers[slot] = buffer
+            block = buffer[:count]
             got = os.preadv(f.fileno(), [memoryview(block).cast("B")], offset)
-        if got != want:  # shrunk while being read
+        if got != block.nbytes:  # shrunk while being read
             raise ValueError(f"{os.fspath(self.path)}: the file is shorter than its header says")
         return block.reshape(stop - start, width)
 
