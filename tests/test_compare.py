@@ -427,3 +427,22 @@ def test_kld_against_kld(tmp_path) -> None:
         kldiv.compare(fix("base.kld"), str(tmp_path / "c.kld"))
     with pytest.raises(ValueError, match="compares only with a .kld base"):
         kldiv.compare(fix("base_logits.npy"), str(other), fix("tokens.npy"), n_ctx=64)
+
+
+def test_nothing_to_compare_and_nan_logits(tmp_path) -> None:
+    empty = tmp_path / "z.kld"
+    empty.write_bytes(b"_logits_" + np.array([8, 10, 0], "<i4").tobytes())
+    with pytest.raises(ValueError, match="holds no windows"):
+        kldiv.compare(str(empty), np.zeros((0, 10), np.float32))
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((16, 10)).astype(np.float32)
+    other = base.copy()
+    other[5, 3] = np.nan  # window 0's row 5 is its 2nd scored row (n_ctx 8: rows 4, 5, 6)
+    tokens = rng.integers(0, 10, 16)
+    kldiv.write_kld_base(base, tokens, 8, tmp_path / "b.kld")
+    for r in (
+        kldiv.compare(str(tmp_path / "b.kld"), other),
+        kldiv.compare(base, other, tokens, n_ctx=8),
+    ):
+        assert np.isnan(r.kld[1]) and np.isnan(r.nll[1])
+        assert np.isfinite(np.delete(r.kld, 1)).all()

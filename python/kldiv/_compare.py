@@ -444,7 +444,9 @@ class CompareReport:
 
     def to_json(self, path: str | os.PathLike[str] | None = None) -> str:
         """The summary and the per-token arrays as JSON (written to ``path`` through a
-        temporary file, when given); returns the text."""
+        temporary file, when given); returns the text. Non-finite values (a NaN logit's row, an
+        infinite KL where the other model gives a token no mass) are written as Python's
+        ``json`` writes them: ``NaN``, ``Infinity``."""
         doc = {
             "mode": self.mode,
             "n_ctx": self.n_ctx,
@@ -542,6 +544,8 @@ def compare(
         if tokens is not None or n_ctx is not None:
             raise ValueError("a .kld base holds its tokens and n_ctx: pass neither")
         kld = _Kld.open(base)
+        if kld.n_chunk == 0:
+            raise ValueError(f"{os.fspath(base)} holds no windows: there is nothing to compare")
         if _is_path(other) and _is_kld(other):
             o: _Rows | _Kld = _Kld.open(other)
             _check_same_kld(kld, o)
