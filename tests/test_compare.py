@@ -446,3 +446,39 @@ def test_nothing_to_compare_and_nan_logits(tmp_path) -> None:
     ):
         assert np.isnan(r.kld[1]) and np.isnan(r.nll[1])
         assert np.isfinite(np.delete(r.kld, 1)).all()
+
+
+def test_exact_summary_matches_numpy() -> None:
+    """The summary's formulas (exact mode: all in float64) against NumPy: means with their
+    standard errors, the correlation, quantiles by linear interpolation, rates."""
+    from kldiv import _kldiv
+
+    rng = np.random.default_rng(7)
+    n = 1001
+    nll = rng.gamma(2.0, 2.0, n)
+    nll_base = nll + 0.1 * rng.standard_normal(n)
+    kld = rng.exponential(0.05, n)
+    dp = 0.02 * rng.standard_normal(n)
+    top = rng.integers(0, 8, n).astype(np.uint8)
+    s = _kldiv.compare_summary(kld, dp, top, nll, nll_base, False)
+
+    def se(x: np.ndarray) -> float:
+        return float(np.sqrt((np.mean(x * x) - np.mean(x) ** 2) / (len(x) - 1)))
+
+    assert s["count"] == n
+    assert s["ppl"][0] == pytest.approx(np.exp(nll.mean()), rel=1e-12)
+    assert s["ppl"][1] == pytest.approx(np.exp(nll.mean()) * se(nll), rel=1e-9)
+    cov = (np.mean(nll * nll_base) - nll.mean() * nll_base.mean()) / (n - 1)
+    assert s["cor"] == pytest.approx(cov / (se(nll) * se(nll_base)), rel=1e-9)
+    assert s["cor"] == pytest.approx(np.corrcoef(nll, nll_base)[0, 1], rel=1e-6)
+    assert s["kld"][0] == pytest.approx(kld.mean(), rel=1e-12)
+    assert s["kld"][1] == pytest.approx(se(kld), rel=1e-9)
+    for fraction, value in s["kld_quantiles"]:
+        assert value == pytest.approx(np.quantile(kld, fraction), rel=1e-12), fraction
+    for fraction, value in s["delta_p_quantiles"]:
+        assert value == pytest.approx(np.quantile(dp, fraction), rel=1e-12, abs=1e-15), fraction
+    assert s["delta_p_rms"][0] == pytest.approx(np.sqrt(np.mean(dp * dp)), rel=1e-12)
+    for key, bit in (("same_top", 1), ("top5", 2), ("top10", 4)):
+        p = np.mean((top & bit) != 0)
+        assert s[key][0] == pytest.approx(p, rel=1e-12)
+        assert s[key][1] == pytest.approx(np.sqrt(p * (1 - p) / (n - 1)), rel=1e-12)
