@@ -391,32 +391,19 @@ fn per_group<S: Default>(
     vocab: usize,
     group: usize,
     out: &mut PerToken<'_>,
-    each: impl Fn(std::ops::Range<usize>, &mut S) -> Result<Vec<TokenRow>, Error> + Sync,
+    each: impl Fn(std::ops::Range<usize>, &mut S) -> Vec<TokenRow> + Sync,
 ) -> Result<(), Error> {
     // Five words a row, written by its group's task alone.
     let cells: Vec<AtomicU64> = (0..rows * 5).map(|_| AtomicU64::new(0)).collect();
-    let failed = std::sync::Mutex::new(None);
-    let groups = rows.div_ceil(group);
-    for_each_task(rows * vocab, groups, |k, scratch: &mut S| {
+    for_each_task(rows * vocab, rows.div_ceil(group), |k, scratch: &mut S| {
         let range = k * group..((k + 1) * group).min(rows);
-        match each(range.clone(), scratch) {
-            Ok(values) => {
-                for (r, v) in range.zip(values) {
-                    let words = [v.kld, v.delta_p, v.nll, v.nll_base].map(f64::to_bits);
-                    for (j, w) in words.into_iter().chain([v.top as u64]).enumerate() {
-                        cells[5 * r + j].store(w, Ordering::Relaxed);
-                    }
-                }
-            }
-            Err(e) => {
-                let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
-                f.get_or_insert(e);
+        for (r, v) in range.clone().zip(each(range, scratch)) {
+            let words = [v.kld, v.delta_p, v.nll, v.nll_base].map(f64::to_bits);
+            for (j, w) in words.into_iter().chain([v.top as u64]).enumerate() {
+                cells[5 * r + j].store(w, Ordering::Relaxed);
             }
         }
     })?;
-    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
     let word = |r: usize, j: usize| cells[5 * r + j].load(Ordering::Relaxed);
     for r in 0..rows {
         out.kld[r] = f64::from_bits(word(r, 0));
@@ -428,26 +415,30 @@ fn per_group<S: Default>(
     Ok(())
 }
 
-/// A token id as an index into a vocabulary of `vocab` entries.
-fn token_index(tok: i64, vocab: usize) -> Result<usize, Error> {
-    usize::try_from(tok)
-        .ok()
-        .filter(|&t| t < vocab)
-        .ok_or_else(|| {
-            Error::Argument(format!(
-                "token {tok} is not in the vocabulary of {vocab} entries"
-            ))
-        })
-}
-
-/// Checks the row counts of a comparison.
-fn check_rows(what: &str, rows: usize, next: usize, out: usize) -> Result<(), Error> {
-    if rows != next || rows != out {
+/// Checks the counts of a comparison (a next token and an output a row) and that every next
+/// token is in the vocabulary, so that the rows can index it as it is.
+fn check_rows(
+    what: &str,
+    rows: usize,
+    vocab: usize,
+    next: ArrayView1<'_, i64>,
+    out: usize,
+) -> Result<(), Error> {
+    if rows != next.len() || rows != out {
         return Err(Error::Argument(format!(
-            "{what} has {rows} rows but there are {next} next tokens and {out} outputs"
+            "{what} has {rows} rows but there are {} next tokens and {out} outputs",
+            next.len()
         )));
     }
-    Ok(())
+    match next
+        .iter()
+        .find(|&&t| usize::try_from(t).map_or(true, |t| t >= vocab))
+    {
+        Some(t) => Err(Error::Argument(format!(
+            "token {t} is not in the vocabulary of {vocab} entries"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Scores rows of a model's logits against a `.kld` base's stored rows, as llama.cpp's
@@ -482,7 +473,7 @@ pub fn compare_kld_rows<L: Logit<C = f32>>(
     out: &mut PerToken<'_>,
 ) -> Result<(), Error> {
     let (rows, vocab) = other.dim();
-    check_rows("the other model's logits", rows, next.len(), out.len())?;
+    check_rows("the other model's logits", rows, vocab, next, out.len())?;
     let row_len = KldHeader::row_len_of(vocab);
     if base.dim() != (rows, row_len) {
         return Err(Error::Argument(format!(
@@ -491,9 +482,6 @@ pub fn compare_kld_rows<L: Logit<C = f32>>(
             base.nrows(),
             base.ncols()
         )));
-    }
-    for &t in next {
-        token_index(t, vocab)?;
     }
     per_group(
         rows,
@@ -510,34 +498,28 @@ pub fn compare_kld_rows<L: Logit<C = f32>>(
                     range.start
                 }
             };
-            let mut tok = [0; GROUP];
             // Rows read in place where they are contiguous `f32` / `u16`, else copied.
-            let (zr, br) = (|g: usize| other.row(row(g)), |g: usize| base.row(row(g)));
+            let zin: [Option<&[f32]>; GROUP] =
+                std::array::from_fn(|g| other.row(row(g)).to_slice().and_then(L::as_compute));
+            let bin: [Option<&[u16]>; GROUP] = std::array::from_fn(|g| base.row(row(g)).to_slice());
             for g in 0..GROUP {
-                tok[g] = token_index(next[row(g)], vocab)?;
-                if zr(g).to_slice().and_then(L::as_compute).is_none() {
+                if zin[g].is_none() {
                     z[g].clear();
-                    z[g].extend(zr(g).iter().map(|&v| v.widen()));
+                    z[g].extend(other.row(row(g)).iter().map(|&v| v.widen()));
                 }
-                if br(g).to_slice().is_none() {
+                if bin[g].is_none() {
                     b[g].clear();
-                    b[g].extend(br(g).iter());
+                    b[g].extend(base.row(row(g)).iter());
                 }
             }
             let (z, b) = (&*z, &*b);
             let rows = dispatch(KldGroup {
-                z: std::array::from_fn(|g| {
-                    let r = other.row(row(g));
-                    match r.to_slice().and_then(L::as_compute) {
-                        Some(s) => s,
-                        None => &z[g][..],
-                    }
-                }),
-                b: std::array::from_fn(|g| base.row(row(g)).to_slice().unwrap_or(&b[g][..])),
-                tok,
+                z: std::array::from_fn(|g| zin[g].unwrap_or(&z[g][..])),
+                b: std::array::from_fn(|g| bin[g].unwrap_or(&b[g][..])),
+                tok: std::array::from_fn(|g| next[row(g)] as usize), // checked
                 e,
             });
-            Ok(rows[..range.len()].to_vec())
+            rows[..range.len()].to_vec()
         },
     )
 }
@@ -604,8 +586,8 @@ fn ordered_sums(e: &[Vec<f32>; GROUP], n: usize) -> [f64; GROUP] {
 /// The first maximum of a row as llama.cpp finds it (`if (v > max)` from element 0: a NaN
 /// there stays the maximum, NaNs after it are passed over) and its index.
 #[inline(always)]
-fn first_max(z: &[f32]) -> (f32, usize) {
-    if z[0].is_nan() {
+fn first_max<C: Float>(z: &[C]) -> (C, usize) {
+    if z[0].to_f64().is_nan() {
         return (z[0], 0);
     }
     let max = z.iter().fold(z[0], |m, &v| m.max(v));
@@ -783,16 +765,13 @@ pub fn compare_logits_rows<B: Logit, O: Logit<C = B::C>>(
     out: &mut PerToken<'_>,
 ) -> Result<(), Error> {
     let (rows, vocab) = other.dim();
-    check_rows("the other model's logits", rows, next.len(), out.len())?;
+    check_rows("the other model's logits", rows, vocab, next, out.len())?;
     if base.dim() != other.dim() {
         return Err(Error::Argument(format!(
             "the base's logits are {} x {} but the other model's are {rows} x {vocab}",
             base.nrows(),
             base.ncols()
         )));
-    }
-    for &t in next {
-        token_index(t, vocab)?;
     }
     let mut kld = vec![0.0; rows];
     let loss = LogitsLoss::new(Divergence::Forward);
@@ -809,7 +788,7 @@ pub fn compare_logits_rows<B: Logit, O: Logit<C = B::C>>(
             zb.extend(base.row(r).iter().map(|&v| v.widen().to_f64()));
             zo.clear();
             zo.extend(other.row(r).iter().map(|&v| v.widen().to_f64()));
-            let tok = token_index(next[r], vocab)?;
+            let tok = next[r] as usize; // checked
             let (lse_b, imax_b) = lse_argmax(zb);
             let (lse_o, imax_o) = lse_argmax(zo);
             // The base's top token's rank among the other's entries.
@@ -817,25 +796,20 @@ pub fn compare_logits_rows<B: Logit, O: Logit<C = B::C>>(
             let rank = zo[..imax_b].iter().filter(|&&v| v >= at).count()
                 + zo[imax_b + 1..].iter().filter(|&&v| v > at).count();
             let (nll, nll_base) = (lse_o - zo[tok], lse_b - zb[tok]);
-            Ok(vec![TokenRow {
+            vec![TokenRow {
                 kld: kld[r],
                 delta_p: exp_f64(-nll) - exp_f64(-nll_base),
                 top: (imax_o == imax_b) as u8 | ((rank < 5) as u8) << 1 | ((rank < 10) as u8) << 2,
                 nll,
                 nll_base,
-            }])
+            }]
         },
     )
 }
 
 /// `ln Σ e^z` of a row in `f64` and the index of its first maximum.
 fn lse_argmax(z: &[f64]) -> (f64, usize) {
-    let (mut max, mut imax) = (z[0], 0);
-    for (i, &v) in z.iter().enumerate().skip(1) {
-        if v > max {
-            (max, imax) = (v, i);
-        }
-    }
+    let (max, imax) = first_max(z);
     let sum: f64 = z.iter().map(|&v| exp_f64(v - max)).sum();
     (max + ln_f64(sum), imax)
 }

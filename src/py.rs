@@ -533,64 +533,43 @@ fn kld_header_bytes(n_ctx: usize, n_vocab: usize, n_chunk: usize) -> PyResult<(V
 /// `(rows, row_len)`, `uint16`.
 #[pyfunction]
 fn kld_base_rows(logits: In<'_, f32>, mut out: Out<'_, u16>) -> PyResult<()> {
-    let z = logits.as_array();
-    let mut o = out.as_array_mut();
-    let (rows, ok) = match (z.shape(), o.shape()) {
-        ([r, v], [r2, w]) => (
-            *r,
-            r == r2 && *w == crate::KldHeader::row_len_of(*v) && *v > 0,
-        ),
-        _ => (0, false),
-    };
-    if !ok {
-        return Err(PyValueError::new_err(format!(
-            "kld_base_rows: logits of shape {:?} do not fit rows of shape {:?}",
-            z.shape(),
-            o.shape()
-        )));
-    }
-    let mut zrow = Vec::new();
-    let mut orow = Vec::new();
-    for r in 0..rows {
-        zrow.clear();
-        zrow.extend(z.index_axis(numpy::ndarray::Axis(0), r).iter());
-        orow.clear();
-        orow.extend(o.index_axis(numpy::ndarray::Axis(0), r).iter());
-        crate::kld_base_row(&zrow, &mut orow);
-        for (d, &v) in o
-            .index_axis_mut(numpy::ndarray::Axis(0), r)
-            .iter_mut()
-            .zip(&orow)
-        {
-            *d = v;
-        }
+    let vocab = kld_vocab("kld_base_rows", logits.shape(), out.shape())?;
+    let bad = || PyValueError::new_err("kld_base_rows: the arrays must be contiguous");
+    let z = logits.as_slice().map_err(|_| bad())?;
+    let o = out.as_slice_mut().map_err(|_| bad())?;
+    for (z, o) in z
+        .chunks_exact(vocab)
+        .zip(o.chunks_exact_mut(crate::KldHeader::row_len_of(vocab)))
+    {
+        crate::kld_base_row(z, o);
     }
     Ok(())
+}
+
+/// The vocabulary of logits of shape `(rows, V)` that go with `.kld` rows of shape `(rows,
+/// row_len)`, or a `ValueError` naming `what`.
+fn kld_vocab(what: &str, logits: &[usize], stored: &[usize]) -> PyResult<usize> {
+    match (logits, stored) {
+        ([r, v], [r2, w]) if r == r2 && *v > 0 && *w == crate::KldHeader::row_len_of(*v) => Ok(*v),
+        _ => Err(PyValueError::new_err(format!(
+            "{what}: logits of shape {logits:?} do not fit .kld rows of shape {stored:?}"
+        ))),
+    }
 }
 
 /// The log-probabilities of `.kld` rows `stored` (`(rows, row_len)`, `uint16`) into `out`
 /// (`(rows, V)`, float32; see [`crate::kld_log_probs`]).
 #[pyfunction]
 fn kld_log_probs(stored: In<'_, u16>, mut out: Out<'_, f32>) -> PyResult<()> {
-    use numpy::ndarray::{Axis, Ix2};
-    let bad = || PyValueError::new_err("kld_log_probs: rows of a .kld file and their logits");
-    let s = stored
-        .as_array()
-        .into_dimensionality::<Ix2>()
-        .map_err(|_| bad())?;
-    let mut o = out
-        .as_array_mut()
-        .into_dimensionality::<Ix2>()
-        .map_err(|_| bad())?;
-    if s.nrows() != o.nrows() || s.ncols() != crate::KldHeader::row_len_of(o.ncols()) {
-        return Err(bad());
-    }
-    for (srow, mut orow) in s.axis_iter(Axis(0)).zip(o.axis_iter_mut(Axis(0))) {
-        let srow = srow.to_vec();
-        match orow.as_slice_mut() {
-            Some(out) => crate::kld_log_probs(&srow, out),
-            None => return Err(bad()),
-        }
+    let vocab = kld_vocab("kld_log_probs", out.shape(), stored.shape())?;
+    let bad = || PyValueError::new_err("kld_log_probs: the arrays must be contiguous");
+    let s = stored.as_slice().map_err(|_| bad())?;
+    let o = out.as_slice_mut().map_err(|_| bad())?;
+    for (s, o) in s
+        .chunks_exact(crate::KldHeader::row_len_of(vocab))
+        .zip(o.chunks_exact_mut(vocab))
+    {
+        crate::kld_log_probs(s, o);
     }
     Ok(())
 }
