@@ -168,19 +168,34 @@ fn float32_matches_a_float64_evaluation() {
 
 #[test]
 fn masked_entries_give_no_nan() {
-    // -inf on either side, on both, and a whole masked tail, as padded vocabularies have.
-    let (mut s, mut t) = logits("bench", 4, 300, 7);
-    for v in (0..300).step_by(7) {
+    // -inf on either side, on both, and a whole masked tail, as padded vocabularies have:
+    // every 7th entry (rows that take the exact path whole) and every 41st, with entries far
+    // below the rest (probabilities of about e^-100), on the vectorised path. T = 0.5 gives a
+    // gradient scale above 1 (see `row`'s PLAIN_DIFF_SCALE).
+    for (vocab, every) in [(300, 7), (2053, 41)] {
+        masked_entries_every(vocab, every);
+    }
+}
+
+fn masked_entries_every(vocab: usize, every: usize) {
+    let (mut s, mut t) = logits("bench", 4, vocab, 7);
+    for v in (0..vocab).step_by(every) {
         t[[0, v]] = f32::NEG_INFINITY;
         s[[1, v]] = f32::NEG_INFINITY;
         s[[2, v]] = f32::NEG_INFINITY;
         t[[2, v]] = f32::NEG_INFINITY;
+        if every > 16 {
+            s[[0, (v + 3) % vocab]] = -100.0;
+            t[[1, (v + 5) % vocab]] = -100.0;
+            s[[3, (v + 2) % vocab]] = -100.0;
+            t[[3, (v + 2) % vocab]] = -100.0;
+        }
     }
-    for v in 250..300 {
+    for v in vocab - 50..vocab {
         s[[3, v]] = f32::NEG_INFINITY;
         t[[3, v]] = f32::NEG_INFINITY;
     }
-    for temp in [1.0, 2.0] {
+    for temp in [1.0, 2.0, 0.5] {
         for div in divergences() {
             let loss = LogitsLoss::new(div).temperature(temp);
             let mut rows = [0.0; 4];

@@ -450,6 +450,9 @@ struct Scratch<C> {
     kterms: Vec<f64>,
     flags: Vec<u8>,
     idx: Vec<u32>,
+    ls: Vec<u32>,
+    lt: Vec<u32>,
+    bounds: Vec<row::Bounds>,
     ga: Vec<f64>,
     gb: Vec<f64>,
     gc: Vec<f64>,
@@ -471,6 +474,9 @@ impl<C> Default for Scratch<C> {
             kterms: Vec::new(),
             flags: Vec::new(),
             idx: Vec::new(),
+            ls: Vec::new(),
+            lt: Vec::new(),
+            bounds: Vec::new(),
             ga: Vec::new(),
             gb: Vec::new(),
             gc: Vec::new(),
@@ -732,6 +738,9 @@ where
                 kterms,
                 flags,
                 idx,
+                ls,
+                lt,
+                bounds,
                 ga,
                 gb,
                 gc,
@@ -795,6 +804,7 @@ where
                     },
                     gathered: Gathered {
                         idx,
+                        bounds,
                         a: ga,
                         b: gb,
                         c: gc,
@@ -805,6 +815,7 @@ where
                     grad_scale: g_op.as_ref().map(|(_, scale)| w * scale(r)),
                     next: [s_op.next(r, n_rows, vocab), t_op.next(r, n_rows, vocab)],
                     out_row,
+                    lists: [ls, lt],
                 })
             };
             if let Some((op, _)) = &g_op {

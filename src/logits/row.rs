@@ -112,11 +112,26 @@ fn add_lanes<C: Float>(acc: &mut Lanes, v: &[C]) {
             a[j] += c[j].to_f64();
         }
     }
-    for (j, x) in chunks.remainder().iter().enumerate() {
-        a[j] += x.to_f64();
+    // The rest as one more whole chunk, padded with zeros (adding +0 to a lane changes
+    // nothing: a lane that starts at +0 is never -0): an unrolled scalar tail would keep
+    // LLVM from putting the lanes in vector registers.
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut c = [C::from_f64(0.0); LANES];
+        c[..rest.len()].copy_from_slice(rest);
+        for j in 0..LANES {
+            a[j] += c[j].to_f64();
+        }
     }
     *acc = a;
 }
+
+/// The elements of a piece of a softmax row (see [`softmax_f32`]).
+const PIECE: usize = 128;
+
+/// The largest and the smallest `u` of a piece, as their bits (the same order for the
+/// non-negative `u`: integer maxima vectorise as one instruction).
+pub(super) type Bounds = [u32; 2];
 
 /// Pushes the indices of the nonzero bytes of `flags` (0 or 1 each), in order: eight bytes
 /// at a time as one word, then one step per flag (most words have none). Pushes none, and
@@ -157,15 +172,16 @@ struct Side {
 }
 
 /// [`Side`] of a row of `f32` logits: the maximum, then `u` in `f32` and its sum in `f64`
-/// lanes, then the `u` above [`BIG`] times that sum summed again in `f64`. NaN for a row
-/// holding a NaN or only -inf. `None` where too many are above it (see [`DENSE`]): the row
-/// takes the exact path. `next` and `out` are prefetched along the way (see [`Next`]).
+/// lanes, then the `u` above [`BIG`] times that sum summed again in `f64`. `list` gets the
+/// elements of this side that take the exact path: those `u` and the ones below [`TINY`]. NaN
+/// for a row holding a NaN or only -inf. `None` where they are too many (see [`DENSE`]): the
+/// row takes the exact path. `next` and `out` are prefetched along the way (see [`Next`]).
 #[inline(always)]
 fn softmax_f32(
     z: &[f32],
     k: f64,
     u: &mut [f32],
-    marks: &mut [u8],
+    list: &mut Vec<u32>,
     g: &mut Gathered<'_>,
     next: Next,
     out: Next,
@@ -173,29 +189,62 @@ fn softmax_f32(
     let max = row_max(z);
     let k32 = k as f32;
     let u = &mut u[..z.len()];
-    // In pieces of 8 cache lines, each after the prefetches of its share of the next row.
+    // In pieces of 8 cache lines, each after the prefetches of its share of the next row,
+    // each with the piece's largest and smallest `u`.
     let lines = z.len().div_ceil(16).max(1);
-    for (p, (uc, zc)) in u.chunks_mut(128).zip(z.chunks(128)).enumerate() {
+    let bounds = &mut *g.bounds;
+    bounds.clear();
+    for (p, (uc, zc)) in u.chunks_mut(PIECE).zip(z.chunks(PIECE)).enumerate() {
         for l in 0..8 {
             next.line(p * 8 + l, lines);
             out.line_write(p * 8 + l, lines);
         }
+        let (mut hi, mut lo) = (0, u32::MAX);
         for (e, &v) in uc.iter_mut().zip(zc) {
             *e = exp_f32_unit((v - max) * k32);
+            hi = hi.max(e.to_bits());
+            lo = lo.min(e.to_bits());
+        }
+        bounds.push([hi, lo]);
+    }
+    // (Summed in a pass of its own: summed in each piece, LLVM made the f64 lanes pairs.)
+    let mut sum = fold_lanes(&sum_lanes(u));
+    // The elements for the exact path, listed in order: the largest (summed again in f64
+    // below) and the tiny ones, looked for in the pieces that hold any. Where they are many
+    // (small vocabularies, flat rows, many masked entries), the row takes the exact path.
+    let big = (sum * BIG as f64) as f32;
+    list.clear();
+    let most = z.len() / DENSE;
+    let (big_bits, tiny_bits) = (big.to_bits(), TINY.to_bits());
+    for (p, &[hi, lo]) in bounds.iter().enumerate() {
+        if hi > big_bits || lo < tiny_bits {
+            let start = p * PIECE;
+            let piece = &u[start..(start + PIECE).min(z.len())];
+            let mut groups = piece.chunks_exact(LANES);
+            for (c, e) in (&mut groups).enumerate() {
+                // A mask of the group (one compare of a vector), then its set bits.
+                let e: &[f32; LANES] = e.try_into().expect("LANES elements");
+                let mut bits = 0u32;
+                for (j, &x) in e.iter().enumerate() {
+                    bits |= ((x > big || x < TINY) as u32) << j;
+                }
+                while bits != 0 {
+                    list.push((start + c * LANES + bits.trailing_zeros() as usize) as u32);
+                    bits &= bits - 1;
+                }
+            }
+            let rest = piece.len() - groups.remainder().len();
+            for (j, &e) in groups.remainder().iter().enumerate() {
+                if e > big || e < TINY {
+                    list.push((start + rest + j) as u32);
+                }
+            }
+            if list.len() > most {
+                return None;
+            }
         }
     }
-    let mut sum = fold_lanes(&sum_lanes(u));
-    // The largest terms again in f64, gathered (then one loop that vectorises); where they
-    // are many (small vocabularies, flat rows), the row takes the exact path.
-    let big = (sum * BIG as f64) as f32;
-    let marks = &mut marks[..z.len()];
-    for (m, &e) in marks.iter_mut().zip(u.iter()) {
-        *m = (e > big) as u8;
-    }
-    let (idx, x) = (&mut *g.idx, &mut *g.a);
-    if !flagged(idx, marks) {
-        return None;
-    }
+    let (idx, x) = (&*list, &mut *g.a);
     x.clear();
     x.extend(idx.iter().map(|&v| (z[v as usize] as f64 - max as f64) * k)); // exact difference
     for e in x.iter_mut() {
@@ -321,6 +370,8 @@ impl Exact<'_> {
 /// vectorise). Scratch of the thread.
 pub(super) struct Gathered<'a> {
     pub(super) idx: &'a mut Vec<u32>,
+    /// The [`Bounds`] of each piece of a softmax row (see [`softmax_f32`]).
+    pub(super) bounds: &'a mut Vec<Bounds>,
     pub(super) a: &'a mut Vec<f64>,
     pub(super) b: &'a mut Vec<f64>,
     pub(super) c: &'a mut Vec<f64>,
@@ -368,6 +419,21 @@ fn scatter<C: Float>(out: &mut [C], idx: &[u32], v: &[f64]) {
     }
 }
 
+/// The sorted union of the sorted lists `a` and `b` into `out`.
+#[inline(always)]
+fn union(out: &mut Vec<u32>, a: &[u32], b: &[u32]) {
+    out.clear();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (x, y) = (a[i], b[j]);
+        out.push(x.min(y));
+        i += (x <= y) as usize;
+        j += (y <= x) as usize;
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+}
+
 /// `s` as `f32`s where `C` is `f32` (the vectorised path's rows).
 fn as_f32<C: Float>(s: &[C]) -> Option<&[f32]> {
     // SAFETY: `C` is `f32` itself: the same slice, retyped to what it is.
@@ -408,8 +474,9 @@ impl<'a> Fast<'a> {
         (q, p, d, ok)
     }
 
-    /// Forward KL: `Σ P d` (with `CE`, the cross-entropy `-Σ P s`) over the elements it keeps
-    /// (the others flagged in `sums`); with `GRAD`, `(Q - P) scale` into `out`: for a
+    /// Forward KL: `Σ P d` (with `CE`, the cross-entropy `-Σ P s`) over the elements it keeps:
+    /// those with `P > 0` (the exact path's have their `u` of the teacher set to 0 by
+    /// [`row`]); with `GRAD`, `(Q - P) scale` into `out`: for a
     /// `|scale|` up to [`PLAIN_DIFF_SCALE`] as `Q - P`, else as `Q - P` where `Q > 2P` and
     /// as `P expm1(-d)` below, where `Q - P` cancels (its error is then that of `P` and
     /// `expm1`).
@@ -417,7 +484,7 @@ impl<'a> Fast<'a> {
     fn forward<const GRAD: bool, const CE: bool>(
         &self,
         out: &mut [f32],
-        sums: &mut Sums<'_>,
+        terms: &mut [f64],
         scale: f32,
     ) -> f64 {
         if GRAD && scale.abs() <= PLAIN_DIFF_SCALE {
@@ -427,17 +494,18 @@ impl<'a> Fast<'a> {
                 let (q, p) = (self.us[i] * self.is_s, self.ut[i] * self.is_t);
                 *o = (q - p) * scale;
             }
-            return self.forward::<false, CE>(out, sums, scale);
+            return self.forward::<false, CE>(out, terms, scale);
         }
         let n = self.s.len();
-        let (out, flags) = (&mut out[..n], &mut sums.flags[..n]);
+        let out = &mut out[..n];
         let mut acc = [0.0; LANES];
         for start in (0..n).step_by(TILE) {
             let end = (start + TILE).min(n);
-            let terms = &mut sums.terms[..end - start];
+            let terms = &mut terms[..end - start];
             for (j, term_j) in terms.iter_mut().enumerate() {
                 let i = start + j;
-                let (q, p, d, ok) = self.at(i);
+                let (q, p) = (self.us[i] * self.is_s, self.ut[i] * self.is_t);
+                let d = d_of(self.s[i] as f64, self.t[i] as f64, self.k, self.c);
                 if GRAD {
                     let diff = if q > 2.0 * p {
                         q - p
@@ -452,8 +520,7 @@ impl<'a> Fast<'a> {
                 } else {
                     p as f64 * d
                 };
-                *term_j = if ok { term } else { 0.0 };
-                flags[i] = !ok as u8;
+                *term_j = if p == 0.0 { 0.0 } else { term };
             }
             add_lanes(&mut acc, terms);
         }
@@ -500,15 +567,24 @@ impl<'a> Fast<'a> {
         for start in (0..n).step_by(TILE) {
             let len = (start + TILE).min(n) - start;
             let (terms, kterms) = (&mut sums.terms[..len], &mut sums.kterms[..len]);
+            // φ in three loops over the tile (in L1): `d` rounded to f32, then φ of it in a
+            // loop of f32 alone (at f32's vector width: the costly part), then the f64 terms.
+            let phi_tile = &mut phi[start..start + len];
+            for (j, f) in phi_tile.iter_mut().enumerate() {
+                let i = start + j;
+                *f = d_of(self.s[i] as f64, self.t[i] as f64, self.k, self.c) as f32;
+            }
+            for f in phi_tile.iter_mut() {
+                *f = log1p_f32(b32 * expm1_f32(*f));
+            }
             for j in 0..len {
                 let i = start + j;
                 let (q, p, d, ok) = self.at(i);
                 let d32 = d as f32;
                 let ok = ok && d32.abs() <= JSD_MAX_D;
-                let f = log1p_f32(b32 * expm1_f32(d32));
+                let f = phi[i];
                 let (q, p, f64_) = (q as f64, p as f64, f as f64);
                 let term = beta * p * (d - f64_) - (1.0 - beta) * q * f64_;
-                phi[i] = f;
                 terms[j] = if ok { term } else { 0.0 };
                 kterms[j] = if ok { -(q * f64_) } else { 0.0 };
                 flags[i] = !ok as u8;
@@ -562,6 +638,8 @@ pub(super) struct RowKernel<'a, C> {
     pub(super) next: [Next; 2],
     /// This row of the gradient in memory (prefetched to be written).
     pub(super) out_row: Next,
+    /// The elements of each side that take the exact path (see [`softmax_f32`]).
+    pub(super) lists: [&'a mut Vec<u32>; 2],
 }
 
 impl<C: Float> Kernel for RowKernel<'_, C> {
@@ -599,6 +677,7 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
         divergence,
         next,
         out_row,
+        lists: [ls, lt],
         ..
     } = kernel;
     let n = s.len();
@@ -610,18 +689,51 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
         // (No closure around the softmaxes: a closure does not take the SIMD level's target
         // features, and would run them at the baseline level, eight times slower.)
         (Some(fs), Some(ft)) if n >= DENSE => {
-            let us = as_f32_mut(us).expect(f32_rows);
-            match softmax_f32(fs, k, us, sums.flags, &mut g, next[0], out_row) {
-                Some(ss) => {
-                    let ut = as_f32_mut(ut).expect(f32_rows);
-                    softmax_f32(ft, k, ut, sums.flags, &mut g, next[1], Next::NONE)
-                        .map(|st| (ss, st))
+            // Both sides through one loop: one copy of the code, compiled alike for both.
+            let work = [
+                (
+                    fs,
+                    as_f32_mut(us).expect(f32_rows),
+                    &mut *ls,
+                    next[0],
+                    out_row,
+                ),
+                (
+                    ft,
+                    as_f32_mut(ut).expect(f32_rows),
+                    &mut *lt,
+                    next[1],
+                    Next::NONE,
+                ),
+            ];
+            let mut sides = [None, None];
+            for (side, (z, u, list, next, out)) in sides.iter_mut().zip(work) {
+                *side = softmax_f32(z, k, u, list, &mut g, next, out);
+                if side.is_none() {
+                    break;
                 }
-                None => None,
+            }
+            match sides {
+                [Some(ss), Some(st)] => Some((ss, st)),
+                _ => None,
             }
         }
         _ => None,
     };
+    let forward = matches!(
+        divergence.normalized(),
+        Divergence::Forward | Divergence::CrossEntropy
+    );
+    if sides.is_some() && forward {
+        // The forward KL's exact path takes the elements of both sides' lists; the teacher's
+        // `u` of each is set to 0, so that the fast path gives them no term without testing
+        // every element.
+        union(g.idx, ls, lt);
+        let ut = as_f32_mut(ut).expect(f32_rows);
+        for &i in g.idx.iter() {
+            ut[i as usize] = 0.0;
+        }
+    }
     let (us, ut) = (&*us, &*ut);
     let exact = match &sides {
         Some((ss, st)) => Exact {
@@ -675,11 +787,13 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
             if let Some(f) = &fast {
                 let out = as_f32_mut(out).expect(f32_rows);
                 let l = if ce {
-                    f.forward::<GRAD, true>(out, &mut sums, scale32)
+                    f.forward::<GRAD, true>(out, sums.terms, scale32)
                 } else {
-                    f.forward::<GRAD, false>(out, &mut sums, scale32)
+                    f.forward::<GRAD, false>(out, sums.terms, scale32)
                 };
-                if gather(&mut g, Some(sums.flags)) {
+                let dense = g.idx.len() * DENSE > n;
+                g.gather(s, t, dense);
+                if !dense {
                     lanes = l;
                 }
             } else {
