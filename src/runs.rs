@@ -196,13 +196,6 @@ pub(crate) fn prefetch<T>(p: *const T) {
     prefetch_into::<0, T>(p)
 }
 
-/// Asks the CPU to bring the cache line at `p` into L2 (not L1: for data wanted a pass or
-/// more later, such as the next row of a loss from logits).
-#[inline(always)]
-pub(crate) fn prefetch_l2<T>(p: *const T) {
-    prefetch_into::<1, T>(p)
-}
-
 /// Asks the CPU to bring the cache line at `p` into L2 to be written (so that a later store
 /// finds it there, owned, and does not wait for it: a row of a gradient).
 #[inline(always)]
@@ -210,19 +203,18 @@ pub(crate) fn prefetch_l2_write<T>(p: *const T) {
     prefetch_into::<2, T>(p)
 }
 
-/// A prefetch of the cache line at `p` into cache level 1 for `LEVEL` 0, level 2 for 1, level
-/// 2 to be written for 2 (x86's `_MM_HINT_T0`, `_MM_HINT_T1`, `_MM_HINT_ET1`). No effect on
-/// other targets, nor under Miri.
+/// A prefetch of the cache line at `p` into cache level 1 for `LEVEL` 0, level 2 to be
+/// written for 2 (x86's `_MM_HINT_T0`, `_MM_HINT_ET1`). No effect on other targets, nor under
+/// Miri.
 #[inline(always)]
 fn prefetch_into<const LEVEL: i32, T>(p: *const T) {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program, so
     // any address is allowed (`p` may lie outside the view: it is made with `wrapping_offset`).
     unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET1, _MM_HINT_T0, _MM_HINT_T1};
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET1, _MM_HINT_T0};
         match LEVEL {
             0 => _mm_prefetch::<_MM_HINT_T0>(p as *const i8),
-            1 => _mm_prefetch::<_MM_HINT_T1>(p as *const i8),
             _ => _mm_prefetch::<_MM_HINT_ET1>(p as *const i8),
         }
     };

@@ -28,7 +28,7 @@ use ndarray::{ArrayView, ArrayViewD, ArrayViewMut, Dimension};
 
 mod row;
 
-use row::{Gathered, Next, RowKernel, Sums};
+use row::{Gathered, GradRow, RowKernel, Sums};
 
 use crate::error::Error;
 use crate::float::Float;
@@ -414,18 +414,6 @@ impl<'a, T> Operand<'a, T> {
         }
     }
 
-    /// Row `r + 1` for [`Next`]: prefetched while row `r` computes (where it is contiguous).
-    fn next(&self, r: usize, rows: usize, vocab: usize) -> Next {
-        if r + 1 < rows && self.stride == 1 {
-            Next {
-                ptr: self.row(r + 1) as *const u8,
-                bytes: vocab * std::mem::size_of::<T>(),
-            }
-        } else {
-            Next::NONE
-        }
-    }
-
     /// The address of row `r` (C order over the rows).
     fn row(&self, mut r: usize) -> *mut T {
         let mut off = 0isize;
@@ -762,11 +750,11 @@ where
             let in_place = direct.is_some();
             // Its memory, fetched to be written while the row's softmaxes compute.
             let out_row = match &g_op {
-                Some((op, _)) if op.stride == 1 => Next {
+                Some((op, _)) if op.stride == 1 => GradRow {
                     ptr: op.row(r) as *const u8,
                     bytes: vocab * std::mem::size_of::<G>(),
                 },
-                _ => Next::NONE,
+                _ => GradRow::NONE,
             };
             let out: &mut [S::C] = match direct {
                 Some(row) => row,
@@ -813,7 +801,6 @@ where
                     inv_t,
                     divergence,
                     grad_scale: g_op.as_ref().map(|(_, scale)| w * scale(r)),
-                    next: [s_op.next(r, n_rows, vocab), t_op.next(r, n_rows, vocab)],
                     out_row,
                     lists: [ls, lt],
                 })

@@ -14,7 +14,7 @@ use super::Divergence;
 use crate::float::Float;
 use crate::math::{exp_f32_unit, exp_f64, expm1_f32, ln_f64, log1p_f32};
 use crate::reduce::{fold_lanes, Lanes, LANES};
-use crate::runs::{prefetch_l2, prefetch_l2_write};
+use crate::runs::prefetch_l2_write;
 use crate::simd::Kernel;
 
 /// Elements with `e^((z - max) / T)` below this (`2^-80`) on either side are redone exactly:
@@ -175,7 +175,7 @@ struct Side {
 /// lanes, then the `u` above [`BIG`] times that sum summed again in `f64`. `list` gets the
 /// elements of this side that take the exact path: those `u` and the ones below [`TINY`]. NaN
 /// for a row holding a NaN or only -inf. `None` where they are too many (see [`DENSE`]): the
-/// row takes the exact path. `next` and `out` are prefetched along the way (see [`Next`]).
+/// row takes the exact path. `out` is prefetched along the way (see [`GradRow`]).
 #[inline(always)]
 fn softmax_f32(
     z: &[f32],
@@ -183,20 +183,18 @@ fn softmax_f32(
     u: &mut [f32],
     list: &mut Vec<u32>,
     g: &mut Gathered<'_>,
-    next: Next,
-    out: Next,
+    out: GradRow,
 ) -> Option<Side> {
     let max = row_max(z);
     let k32 = k as f32;
     let u = &mut u[..z.len()];
-    // In pieces of 8 cache lines, each after the prefetches of its share of the next row,
-    // each with the piece's largest and smallest `u`.
+    // In pieces of 8 cache lines, each after the prefetches of its share of `out`, each with
+    // the piece's largest and smallest `u`.
     let lines = z.len().div_ceil(16).max(1);
     let bounds = &mut *g.bounds;
     bounds.clear();
     for (p, (uc, zc)) in u.chunks_mut(PIECE).zip(z.chunks(PIECE)).enumerate() {
         for l in 0..8 {
-            next.line(p * 8 + l, lines);
             out.line_write(p * 8 + l, lines);
         }
         let (mut hi, mut lo) = (0, u32::MAX);
@@ -262,32 +260,40 @@ fn softmax_f32(
     })
 }
 
-/// A row's memory, brought into L2 ahead of its use: the row that the thread likely computes
-/// next (the rows of a claim are consecutive: `crate::parallel::for_each_task`), so that its
-/// first pass does not wait on memory, and this row's gradient, fetched to be written while the
-/// softmaxes compute, so that its stores do not wait either (4% of W10's time).
+/// A row of the gradient (or part of it), fetched into L2 to be written while the softmaxes
+/// compute, half during each side's, so that the gradient's stores do not wait for memory.
+/// (W10, one thread: 2.06-2.09 -> 1.96-2.00 ns/element against all of it during the student's
+/// softmax, with the next rows' logits fetched too; the next rows alone were slower than none:
+/// the hardware's prefetcher fetches them, and prefetches in bursts wait for memory.)
 #[derive(Clone, Copy)]
-pub(super) struct Next {
+pub(super) struct GradRow {
     pub(super) ptr: *const u8,
     pub(super) bytes: usize,
 }
 
-impl Next {
-    /// No next row.
-    pub(super) const NONE: Next = Next {
+impl GradRow {
+    /// Nothing to prefetch.
+    pub(super) const NONE: GradRow = GradRow {
         ptr: std::ptr::null(),
         bytes: 0,
     };
 
-    /// Prefetches line `i` of `lines`, spread over the next row.
-    #[inline(always)]
-    fn line(self, i: usize, lines: usize) {
-        if i < lines && self.bytes > 0 {
-            prefetch_l2(self.ptr.wrapping_add(i * self.bytes / lines));
-        }
+    /// Its two halves.
+    fn halves(self) -> [GradRow; 2] {
+        let half = self.bytes / 2;
+        [
+            GradRow {
+                ptr: self.ptr,
+                bytes: half,
+            },
+            GradRow {
+                ptr: self.ptr.wrapping_add(half),
+                bytes: self.bytes - half,
+            },
+        ]
     }
 
-    /// Prefetches line `i` of `lines` to be written.
+    /// Prefetches line `i` of `lines`, spread over the row, to be written.
     #[inline(always)]
     fn line_write(self, i: usize, lines: usize) {
         if i < lines && self.bytes > 0 {
@@ -634,10 +640,8 @@ pub(super) struct RowKernel<'a, C> {
     pub(super) inv_t: f64,
     pub(super) divergence: Divergence,
     pub(super) grad_scale: Option<f64>,
-    /// The next rows of the student and the teacher.
-    pub(super) next: [Next; 2],
     /// This row of the gradient in memory (prefetched to be written).
-    pub(super) out_row: Next,
+    pub(super) out_row: GradRow,
     /// The elements of each side that take the exact path (see [`softmax_f32`]).
     pub(super) lists: [&'a mut Vec<u32>; 2],
 }
@@ -675,7 +679,6 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
         gathered: mut g,
         inv_t: k,
         divergence,
-        next,
         out_row,
         lists: [ls, lt],
         ..
@@ -690,25 +693,14 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
         // features, and would run them at the baseline level, eight times slower.)
         (Some(fs), Some(ft)) if n >= DENSE => {
             // Both sides through one loop: one copy of the code, compiled alike for both.
+            let [o1, o2] = out_row.halves();
             let work = [
-                (
-                    fs,
-                    as_f32_mut(us).expect(f32_rows),
-                    &mut *ls,
-                    next[0],
-                    out_row,
-                ),
-                (
-                    ft,
-                    as_f32_mut(ut).expect(f32_rows),
-                    &mut *lt,
-                    next[1],
-                    Next::NONE,
-                ),
+                (fs, as_f32_mut(us).expect(f32_rows), &mut *ls, o1),
+                (ft, as_f32_mut(ut).expect(f32_rows), &mut *lt, o2),
             ];
             let mut sides = [None, None];
-            for (side, (z, u, list, next, out)) in sides.iter_mut().zip(work) {
-                *side = softmax_f32(z, k, u, list, &mut g, next, out);
+            for (side, (z, u, list, out)) in sides.iter_mut().zip(work) {
+                *side = softmax_f32(z, k, u, list, &mut g, out);
                 if side.is_none() {
                     break;
                 }
