@@ -261,10 +261,9 @@ fn softmax_f32(
 }
 
 /// A row of the gradient (or part of it), fetched into L2 to be written while the softmaxes
-/// compute, half during each side's, so that the gradient's stores do not wait for memory.
-/// (W10, one thread: 2.06-2.09 -> 1.96-2.00 ns/element against all of it during the student's
-/// softmax, with the next rows' logits fetched too; the next rows alone were slower than none:
-/// the hardware's prefetcher fetches them, and prefetches in bursts wait for memory.)
+/// compute, half during each side's, so that the gradient's stores do not wait for memory. The
+/// next rows' logits are left to the hardware's prefetcher: fetched here too, in bursts, they
+/// made the kernel slower (docs/performance.md).
 #[derive(Clone, Copy)]
 pub(super) struct GradRow {
     pub(super) ptr: *const u8,
