@@ -44,48 +44,86 @@ const PLAIN_DIFF_SCALE: f32 = 1.0;
 /// JSD elements with `|d|` above this are redone exactly (where `β expm1(d)` leaves `f32`).
 const JSD_MAX_D: f32 = 20.0;
 
-/// The largest element of a row (NaNs ignored: they reach the sums), in four vectors of
-/// lanes so that the maxima do not wait on each other.
+/// The largest element of a row (NaNs ignored: they reach the sums).
 #[inline(always)]
 fn row_max<C: Float>(z: &[C]) -> C {
-    let lowest = C::from_f64(f64::NEG_INFINITY);
-    // `x.max(y)`, not a select: LLVM keeps the maxima in registers (a select becomes masked
-    // stores to the stack). NaNs are ignored either way; the sign of a zero maximum does not
-    // change a row's results.
-    let max = |x: C, y: C| x.max(y);
-    let mut m = [[lowest; LANES]; 4];
-    let mut chunks = z.chunks_exact(4 * LANES);
-    for c in &mut chunks {
-        // Four arrays, not one of 4 * LANES: LLVM keeps these in registers.
-        let (c0, rest) = c.split_at(LANES);
-        let (c1, rest) = rest.split_at(LANES);
-        let (c2, c3) = rest.split_at(LANES);
-        let [m0, m1, m2, m3] = &mut m;
+    let mut m = RowMax::new();
+    m.add(z);
+    m.get()
+}
+
+/// The largest elements of two rows of the same length, read side by side: two streams from
+/// memory at once, where one row after the other waits on each in turn.
+#[inline(always)]
+fn row_max2(a: &[f32], b: &[f32]) -> (f32, f32) {
+    let (mut ma, mut mb) = (RowMax::new(), RowMax::new());
+    for (ca, cb) in a.chunks(4 * LANES).zip(b.chunks(4 * LANES)) {
+        ma.add(ca);
+        mb.add(cb);
+    }
+    (ma.get(), mb.get())
+}
+
+/// A row's maximum taken a part at a time (see [`row_max`]), in four vectors of lanes so that
+/// the maxima do not wait on each other.
+#[derive(Clone, Copy)]
+struct RowMax<C> {
+    m: [[C; LANES]; 4],
+}
+
+impl<C: Float> RowMax<C> {
+    #[inline(always)]
+    fn new() -> Self {
+        RowMax {
+            m: [[C::from_f64(f64::NEG_INFINITY); LANES]; 4],
+        }
+    }
+
+    /// Takes in the elements of `z`.
+    #[inline(always)]
+    fn add(&mut self, z: &[C]) {
+        // `x.max(y)`, not a select: LLVM keeps the maxima in registers (a select becomes
+        // masked stores to the stack). NaNs are ignored either way; the sign of a zero maximum
+        // does not change a row's results.
+        let max = |x: C, y: C| x.max(y);
+        let mut chunks = z.chunks_exact(4 * LANES);
+        for c in &mut chunks {
+            // Four arrays, not one of 4 * LANES: LLVM keeps these in registers.
+            let (c0, rest) = c.split_at(LANES);
+            let (c1, rest) = rest.split_at(LANES);
+            let (c2, c3) = rest.split_at(LANES);
+            let [m0, m1, m2, m3] = &mut self.m;
+            for j in 0..LANES {
+                m0[j] = max(m0[j], c0[j]);
+                m1[j] = max(m1[j], c1[j]);
+                m2[j] = max(m2[j], c2[j]);
+                m3[j] = max(m3[j], c3[j]);
+            }
+        }
+        for (j, &v) in chunks.remainder().iter().enumerate() {
+            self.m[0][j % LANES] = max(self.m[0][j % LANES], v);
+        }
+    }
+
+    /// The maximum: across the vectors and, halving, across the lanes: a few vector steps, not
+    /// 64 dependent scalar ones (which cost short rows more than their elements).
+    #[inline(always)]
+    fn get(self) -> C {
+        let max = |x: C, y: C| x.max(y);
+        let [m0, m1, m2, m3] = self.m;
+        let mut v = m0;
         for j in 0..LANES {
-            m0[j] = max(m0[j], c0[j]);
-            m1[j] = max(m1[j], c1[j]);
-            m2[j] = max(m2[j], c2[j]);
-            m3[j] = max(m3[j], c3[j]);
+            v[j] = max(max(m0[j], m1[j]), max(m2[j], m3[j]));
         }
-    }
-    for (j, &v) in chunks.remainder().iter().enumerate() {
-        m[0][j % LANES] = max(m[0][j % LANES], v);
-    }
-    // Then across the vectors and, halving, across the lanes: a few vector steps, not 64
-    // dependent scalar ones (which cost short rows more than their elements).
-    let [m0, m1, m2, m3] = m;
-    let mut v = [lowest; LANES];
-    for j in 0..LANES {
-        v[j] = max(max(m0[j], m1[j]), max(m2[j], m3[j]));
-    }
-    let mut width = LANES / 2;
-    while width > 0 {
-        for j in 0..width {
-            v[j] = max(v[j], v[j + width]);
+        let mut width = LANES / 2;
+        while width > 0 {
+            for j in 0..width {
+                v[j] = max(v[j], v[j + width]);
+            }
+            width /= 2;
         }
-        width /= 2;
+        v[0]
     }
-    v[0]
 }
 
 /// The lanes of a row's sum: element `i` into lane `i % LANES`, each lane in order (see
@@ -171,11 +209,12 @@ struct Side {
     inv_sum: f32,
 }
 
-/// [`Side`] of a row of `f32` logits: the maximum, then `u` in `f32` and its sum in `f64`
-/// lanes, then the `u` above [`BIG`] times that sum summed again in `f64`. `list` gets the
-/// elements of this side that take the exact path: those `u` and the ones below [`TINY`]. NaN
-/// for a row holding a NaN or only -inf. `None` where they are too many (see [`DENSE`]): the
-/// row takes the exact path. `out` is prefetched along the way (see [`GradRow`]).
+/// [`Side`] of a row of `f32` logits whose maximum is `max` (see [`row_max2`]): `u` in `f32`
+/// and its sum in `f64` lanes, then the `u` above [`BIG`] times that sum summed again in
+/// `f64`. `list` gets the elements of this side that take the exact path: those `u` and the
+/// ones below [`TINY`]. NaN for a row holding a NaN or only -inf. `None` where they are too
+/// many (see [`DENSE`]): the row takes the exact path. `out` is prefetched along the way (see
+/// [`GradRow`]).
 #[inline(always)]
 fn softmax_f32(
     z: &[f32],
@@ -184,8 +223,8 @@ fn softmax_f32(
     list: &mut Vec<u32>,
     g: &mut Gathered<'_>,
     out: GradRow,
+    max: f32,
 ) -> Option<Side> {
-    let max = row_max(z);
     let k32 = k as f32;
     let u = &mut u[..z.len()];
     // In pieces of 8 cache lines, each after the prefetches of its share of `out`, each with
@@ -698,8 +737,11 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
                 (ft, as_f32_mut(ut).expect(f32_rows), &mut *lt, o2),
             ];
             let mut sides = [None, None];
-            for (side, (z, u, list, out)) in sides.iter_mut().zip(work) {
-                *side = softmax_f32(z, k, u, list, &mut g, out);
+            let (ms, mt) = row_max2(fs, ft);
+            for (side, ((z, u, list, out), max)) in
+                sides.iter_mut().zip(work.into_iter().zip([ms, mt]))
+            {
+                *side = softmax_f32(z, k, u, list, &mut g, out, max);
                 if side.is_none() {
                     break;
                 }
