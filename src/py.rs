@@ -532,18 +532,21 @@ fn kld_header_bytes(n_ctx: usize, n_vocab: usize, n_chunk: usize) -> PyResult<(V
 /// `.kld` rows (see [`crate::kld_base_row`]) of float32 logits `(rows, V)` into `out`
 /// `(rows, row_len)`, `uint16`.
 #[pyfunction]
-fn kld_base_rows(logits: In<'_, f32>, mut out: Out<'_, u16>) -> PyResult<()> {
-    let vocab = kld_vocab("kld_base_rows", logits.shape(), out.shape())?;
-    let bad = || PyValueError::new_err("kld_base_rows: the arrays must be contiguous");
-    let z = logits.as_slice().map_err(|_| bad())?;
-    let o = out.as_slice_mut().map_err(|_| bad())?;
-    for (z, o) in z
-        .chunks_exact(vocab)
-        .zip(o.chunks_exact_mut(crate::KldHeader::row_len_of(vocab)))
-    {
-        crate::kld_base_row(z, o);
-    }
-    Ok(())
+fn kld_base_rows(logits: In<'_, f32>, out: Out<'_, u16>) -> PyResult<()> {
+    let what = "kld_base_rows";
+    let vocab = kld_vocab(what, logits.shape(), out.shape())?;
+    let row_len = crate::KldHeader::row_len_of(vocab);
+    row_pairs(what, logits, out, [vocab, row_len], crate::kld_base_row)
+}
+
+/// The log-probabilities of `.kld` rows `stored` (`(rows, row_len)`, `uint16`) into `out`
+/// (`(rows, V)`, float32; see [`crate::kld_log_probs`]).
+#[pyfunction]
+fn kld_log_probs(stored: In<'_, u16>, out: Out<'_, f32>) -> PyResult<()> {
+    let what = "kld_log_probs";
+    let vocab = kld_vocab(what, out.shape(), stored.shape())?;
+    let row_len = crate::KldHeader::row_len_of(vocab);
+    row_pairs(what, stored, out, [row_len, vocab], crate::kld_log_probs)
 }
 
 /// The vocabulary of logits of shape `(rows, V)` that go with `.kld` rows of shape `(rows,
@@ -557,19 +560,20 @@ fn kld_vocab(what: &str, logits: &[usize], stored: &[usize]) -> PyResult<usize> 
     }
 }
 
-/// The log-probabilities of `.kld` rows `stored` (`(rows, row_len)`, `uint16`) into `out`
-/// (`(rows, V)`, float32; see [`crate::kld_log_probs`]).
-#[pyfunction]
-fn kld_log_probs(stored: In<'_, u16>, mut out: Out<'_, f32>) -> PyResult<()> {
-    let vocab = kld_vocab("kld_log_probs", out.shape(), stored.shape())?;
-    let bad = || PyValueError::new_err("kld_log_probs: the arrays must be contiguous");
-    let s = stored.as_slice().map_err(|_| bad())?;
-    let o = out.as_slice_mut().map_err(|_| bad())?;
-    for (s, o) in s
-        .chunks_exact(crate::KldHeader::row_len_of(vocab))
-        .zip(o.chunks_exact_mut(vocab))
-    {
-        crate::kld_log_probs(s, o);
+/// `f` on each row of `input` and the same row of `out` (contiguous arrays of rows of `lens`
+/// elements, their shapes checked by the caller), or a `ValueError` naming `what`.
+fn row_pairs<A: Element, B: Element>(
+    what: &str,
+    input: In<'_, A>,
+    mut out: Out<'_, B>,
+    lens: [usize; 2],
+    f: impl Fn(&[A], &mut [B]),
+) -> PyResult<()> {
+    let bad = || PyValueError::new_err(format!("{what}: the arrays must be contiguous"));
+    let a = input.as_slice().map_err(|_| bad())?;
+    let b = out.as_slice_mut().map_err(|_| bad())?;
+    for (a, b) in a.chunks_exact(lens[0]).zip(b.chunks_exact_mut(lens[1])) {
+        f(a, b);
     }
     Ok(())
 }
