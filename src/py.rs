@@ -57,7 +57,9 @@ static MAIN_THREAD: AtomicUsize = AtomicUsize::new(0);
 /// [`shutdown`] (at `atexit`, before finalization) waits until no call is between here and its
 /// return to Python; calls of other threads (daemon threads) still running then stop at their
 /// next check, and those and any later ones park for good with the GIL released, as daemon
-/// threads do in Python 3.14: the process exits around them.
+/// threads do in Python 3.14: the process exits around them. This is enough because no other
+/// code of the module lets the GIL go: results never come from NumPy's zeroed allocation
+/// ([`empty_of`]), and the lazy set-ups that run Python code are made at import (in `_kldiv`).
 fn run<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> Result<R, Error> + Send) -> PyResult<R> {
     // SAFETY: `PyThread_get_thread_ident` only reads the calling thread's id.
     let main = unsafe { pyo3::ffi::PyThread_get_thread_ident() } as usize
@@ -891,7 +893,7 @@ fn check_outputs(
 mod pool {
     use std::sync::Mutex;
 
-    /// Results smaller than this come from NumPy's allocator (malloc recycles them already).
+    /// Results smaller than this are NumPy's own arrays (malloc recycles them already).
     pub(super) const MIN_BYTES: usize = 1 << 20;
     /// The most memory the pool keeps.
     pub(super) const MAX_BYTES: usize = 256 << 20;
@@ -955,6 +957,11 @@ impl Drop for Buffer {
 }
 
 /// An array of `shape` for a result (C order, contents unspecified: the kernels overwrite it).
+///
+/// Never NumPy's zeroed allocation (`zeros`): it lets the GIL go around `calloc` (above 1 KiB),
+/// and a daemon thread that takes the GIL back once Python finalizes is ended inside this
+/// function, which aborts the process (see [`run`]). Small results are NumPy's plain arrays,
+/// zeroed here; large ones come from the [`pool`].
 fn empty_of<'py, T: Element + Copy>(
     py: Python<'py>,
     shape: Vec<usize>,
@@ -970,19 +977,38 @@ fn empty_of<'py, T: Element + Copy>(
         .filter(|&b| b <= isize::MAX as usize)
         .ok_or_else(too_large)?;
     if bytes < pool::MIN_BYTES {
-        return Ok(PyArrayDyn::zeros(py, IxDyn(&shape), false));
+        // SAFETY: a new C-order array of `len` elements of `T` (NumPy's malloc, which keeps the
+        // GIL), each set to zero before anything reads it: every bit pattern is a valid f32,
+        // f64 or u16.
+        unsafe {
+            let array = PyArrayDyn::<T>::new(py, IxDyn(&shape), false);
+            ptr::write_bytes(array.data(), 0, len);
+            return Ok(array);
+        }
     }
+    // rust-numpy takes at most MAX_DIMS dimensions (NumPy 2 allows 64): beyond, NumPy reshapes
+    // a flat array.
+    let flat = [len];
+    let dims: &[usize] = if shape.len() <= MAX_DIMS {
+        &shape
+    } else {
+        &flat
+    };
     let memory = Box::into_raw(pool::take(bytes.div_ceil(8)));
     let data = memory as *mut T;
     let buffer = Bound::new(py, Buffer { memory })?;
     // SAFETY: `data` is 8-byte aligned (it holds u64s), so aligned for f32, f64 and u16; the
     // memory holds at least `len` elements, all initialised (zeros or an earlier result's
     // values), and every bit pattern is a valid f32, f64 or u16.
-    let view = unsafe { ArrayViewD::from_shape_ptr(IxDyn(&shape), data) };
+    let view = unsafe { ArrayViewD::from_shape_ptr(IxDyn(dims), data) };
     // SAFETY: `buffer` owns the memory and becomes the array's base: NumPy keeps it alive as
     // long as the array, and nothing reallocates the memory meanwhile.
     let array = unsafe { PyArrayDyn::borrow_from_array(&view, buffer.into_any()) };
-    Ok(array)
+    if dims.len() == shape.len() {
+        return Ok(array);
+    }
+    let shaped = array.call_method1(intern!(py, "reshape"), (shape,))?; // a view, by NumPy
+    Ok(shaped.cast_into()?)
 }
 
 /// An array of `shape` and `dtype` (float32 or float64; uint16 for the bits of a bfloat16 or
@@ -1069,6 +1095,10 @@ fn _kldiv(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "REDUCTIONS",
         std::iter::once("none").chain(names).collect::<Vec<_>>(),
     )?;
+    // NumPy's C API, the type of `Buffer` and rust-numpy's borrow flags are set up on first
+    // use, running Python code (which may let the GIL go: see `run`): so here, not in a call.
+    drop(empty_of::<f32>(m.py(), vec![1])?.try_readwrite()?);
+    m.py().get_type::<Buffer>();
     let main: usize = m
         .py()
         .import("threading")?

@@ -253,6 +253,11 @@ def test_more_than_32_dimensions(ndim):
     assert kldiv.kl_div(x, t, "none").shape == shape
     assert kldiv.kl_div(x, t, "sum") == pytest.approx(0.0, abs=1e-15)
     assert kldiv.kl_div_backward(1.0, x, t, "sum")[0].shape == shape
+    # A result of more than 1 MiB (kldiv's pool of result memory) too.
+    big = shape[:-2] + (1000, 300)
+    x, t = np.full(big, -2.0, np.float32), np.full(big[-1:], 0.5, np.float32)
+    terms = kldiv.kl_div(x, t, "none")
+    assert terms.shape == big and np.allclose(terms, 0.5 * (np.log(0.5) + 2.0), rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
