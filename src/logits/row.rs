@@ -227,14 +227,15 @@ fn softmax_f32(
 ) -> Option<Side> {
     let k32 = k as f32;
     let u = &mut u[..z.len()];
-    // In pieces of 8 cache lines, each after the prefetches of its share of `out`, each with
-    // the piece's largest and smallest `u`.
-    let lines = z.len().div_ceil(16).max(1);
+    // In pieces of 8 cache lines, each after the prefetches of its share of `out` (each line
+    // once, and no division in the loop: slow on some CPUs), each with the piece's largest and
+    // smallest `u`.
+    let per = out.lines_per_piece(z.len().div_ceil(PIECE));
     let bounds = &mut *g.bounds;
     bounds.clear();
     for (p, (uc, zc)) in u.chunks_mut(PIECE).zip(z.chunks(PIECE)).enumerate() {
-        for l in 0..8 {
-            out.line_write(p * 8 + l, lines);
+        for l in 0..per {
+            out.line_write(p * per + l);
         }
         let (mut hi, mut lo) = (0, u32::MAX);
         for (e, &v) in uc.iter_mut().zip(zc) {
@@ -331,11 +332,16 @@ impl GradRow {
         ]
     }
 
-    /// Prefetches line `i` of `lines`, spread over the row, to be written.
+    /// How many of its cache lines to prefetch with each of `pieces` pieces to cover it.
+    fn lines_per_piece(self, pieces: usize) -> usize {
+        self.bytes.div_ceil(64).div_ceil(pieces.max(1))
+    }
+
+    /// Prefetches its cache line `i` to be written (none beyond its end).
     #[inline(always)]
-    fn line_write(self, i: usize, lines: usize) {
-        if i < lines && self.bytes > 0 {
-            prefetch_l2_write(self.ptr.wrapping_add(i * self.bytes / lines));
+    fn line_write(self, i: usize) {
+        if i * 64 < self.bytes {
+            prefetch_l2_write(self.ptr.wrapping_add(i * 64));
         }
     }
 }
