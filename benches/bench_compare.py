@@ -151,6 +151,7 @@ def main() -> None:
     )
     a = p.parse_args()
     import kldiv
+    from kldiv._bench import time_interleaved
 
     kldiv.set_num_threads(a.threads)
     d = a.dir or tempfile.mkdtemp(prefix="kldiv-w13-")
@@ -178,14 +179,10 @@ def main() -> None:
         ),
         "read (map)": lambda: read_floor(kld, other, a.ctx, a.vocab, a.windows, a.threads, "map"),
     }
-    times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         fn()  # the page cache, where it fits
-    for _ in range(a.repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    timed = time_interleaved(fns, calls=1, repeats=a.repeats, settle_ms=20.0)  # benchmarks.md
+    times = {name: [ns / 1e9 for ns in t["samples_ns_per_call"]] for name, t in timed.items()}
     rss = peak_rss(kld, other, a.threads)
     print(
         f"W13: {scored} scored tokens x {a.vocab}, {a.threads} threads, inputs "

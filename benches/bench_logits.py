@@ -10,8 +10,9 @@ Logits as BENCHMARKS says: ``s`` = 3 x standard normals, ``t`` = ``s`` + standar
 float32 (W12: bfloat16), T = 2, mean (TRL: batchmean), loss + gradient with respect to ``s``.
 Each implementation's step allocates its gradient and frees its own last one, as a training
 step does (PyTorch, JAX and TRL allocate theirs too); "kldiv (out=)" writes into a gradient
-allocated once, the floor's conditions. Implementations run in turns, medians of ``--repeats``
-with the spread (min-max).
+allocated once, the floor's conditions. Implementations run in turns as docs/benchmarks.md says
+(the order rotates, a 20 ms gap before each step), medians of ``--repeats`` with the spread
+(min-max).
 Peers not installed are left out, and said so. Memory: each implementation in a fresh process,
 the peak resident memory (VmHWM, reset after the inputs exist) less the gradient's size.
 """
@@ -24,7 +25,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from typing import Any, Callable
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -147,15 +147,15 @@ def _trl(notes: list[str]) -> Callable[..., Any] | None:
 
 
 def timings(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per step of each implementation: the protocol of docs/benchmarks.md (turns whose
+    order rotates, each step after a 20 ms gap in which the last one's spinning worker threads,
+    PyTorch's or XLA's, go idle)."""
+    from kldiv._bench import time_interleaved
+
     for fn in fns.values():
         fn()  # warm (JAX compiles, pages are mapped)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return times
+    timed = time_interleaved(fns, calls=1, repeats=repeats, settle_ms=20.0)
+    return {name: [ns / 1e9 for ns in t["samples_ns_per_call"]] for name, t in timed.items()}
 
 
 def _hwm_kib() -> int:
