@@ -536,8 +536,7 @@ fn kld_header_bytes(n_ctx: usize, n_vocab: usize, n_chunk: usize) -> PyResult<(V
 #[pyfunction]
 fn kld_base_rows(logits: In<'_, f32>, out: Out<'_, u16>) -> PyResult<()> {
     let what = "kld_base_rows";
-    let vocab = kld_vocab(what, logits.shape(), out.shape())?;
-    let row_len = crate::KldHeader::row_len_of(vocab);
+    let [vocab, row_len] = kld_sizes(what, logits.shape(), out.shape())?;
     row_pairs(what, logits, out, [vocab, row_len], crate::kld_base_row)
 }
 
@@ -546,16 +545,17 @@ fn kld_base_rows(logits: In<'_, f32>, out: Out<'_, u16>) -> PyResult<()> {
 #[pyfunction]
 fn kld_log_probs(stored: In<'_, u16>, out: Out<'_, f32>) -> PyResult<()> {
     let what = "kld_log_probs";
-    let vocab = kld_vocab(what, out.shape(), stored.shape())?;
-    let row_len = crate::KldHeader::row_len_of(vocab);
+    let [vocab, row_len] = kld_sizes(what, out.shape(), stored.shape())?;
     row_pairs(what, stored, out, [row_len, vocab], crate::kld_log_probs)
 }
 
-/// The vocabulary of logits of shape `(rows, V)` that go with `.kld` rows of shape `(rows,
+/// `[V, row_len]` of logits of shape `(rows, V)` that go with `.kld` rows of shape `(rows,
 /// row_len)`, or a `ValueError` naming `what`.
-fn kld_vocab(what: &str, logits: &[usize], stored: &[usize]) -> PyResult<usize> {
+fn kld_sizes(what: &str, logits: &[usize], stored: &[usize]) -> PyResult<[usize; 2]> {
     match (logits, stored) {
-        ([r, v], [r2, w]) if r == r2 && *v > 0 && *w == crate::KldHeader::row_len_of(*v) => Ok(*v),
+        ([r, v], [r2, w]) if r == r2 && *v > 0 && *w == crate::KldHeader::row_len_of(*v) => {
+            Ok([*v, *w])
+        }
         _ => Err(PyValueError::new_err(format!(
             "{what}: logits of shape {logits:?} do not fit .kld rows of shape {stored:?}"
         ))),
