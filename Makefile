@@ -58,8 +58,10 @@ miri:
 	MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-permissive-provenance" \
 		cargo +nightly miri test -j2 --lib --test small_layouts
 
-## ln and exp over all 2^32 float32 inputs, at each SIMD level the CPU has (release mode).
+## ln and exp over all 2^32 float32 inputs, at each SIMD level the CPU has, and the
+## comparison's glibc expf against the C library's (release mode).
 test-exhaustive:
+	cargo test -j2 --release --lib expf_is_glibcs -- --ignored
 	KLDIV_SIMD=avx2 cargo test -j2 --release --test exhaustive -- --ignored
 	KLDIV_SIMD=avx512 cargo test -j2 --release --test exhaustive -- --ignored
 

@@ -703,9 +703,10 @@ const EXP2F_TAB: [u64; 32] = [
 
 /// `expf` as llama.cpp calls it on Linux: glibc's (from Arm's optimized routines; its x86-64
 /// build with FMA, which glibc picks on every CPU that has FMA), step for step in `f64`, so
-/// that the per-token values are llama.cpp's to the bit. It agreed with the C library's
-/// `expf` on every third `f32` in [-103, 88] here (746,542,422 values; the build without FMA
-/// differs in one). Written for vectorisation: no branch but the final selects.
+/// that the per-token values are llama.cpp's to the bit: the same bits as the C library's
+/// `expf` on every `f32` (`make test-exhaustive`; glibc's build without FMA differs in one).
+/// glibc's special cases need no branch here: the clamp keeps NaN, and its ends give 0 below
+/// log(2^-150) and inf above log(2^128). Without them W13 ran 10% faster.
 #[inline(always)]
 fn expf(x: f32) -> f32 {
     const N: f64 = 32.0;
@@ -722,17 +723,7 @@ fn expf(x: f32) -> f32 {
     let s = f64::from_bits(t);
     let z = C0.mul_add(r, C1);
     let y = C2.mul_add(r, 1.0);
-    let y = (z.mul_add(r * r, y) * s) as f32;
-    // glibc's special cases: NaN stays NaN, below log(2^-150) 0, above log(2^128) inf.
-    if x.is_nan() {
-        x
-    } else if x < f32::from_bits(0xc2cf_f1b4) {
-        0.0
-    } else if x > f32::from_bits(0x42b1_7217) {
-        f32::INFINITY
-    } else {
-        y
-    }
+    (z.mul_add(r * r, y) * s) as f32
 }
 
 /// Scores rows of a model's logits against a base model's logits exactly: per token the KL
@@ -1074,5 +1065,33 @@ impl<'a> PerToken<'a> {
             nll.into_slice().ok_or_else(contiguous)?,
             nll_base.into_slice().ok_or_else(contiguous)?,
         ))
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::expf;
+
+    /// [`expf`] gives the bits of glibc's `expf` (Rust's `f32::exp` here) on every input, NaN
+    /// for NaN; glibc picks its FMA build on CPUs with FMA, the one `expf` copies.
+    #[test]
+    #[ignore = "2^32 inputs: run in release mode (make test-exhaustive)"]
+    fn expf_is_glibcs_on_every_input() {
+        if !is_x86_feature_detected!("fma") {
+            return;
+        }
+        let differ = |bits: std::ops::Range<u64>| {
+            bits.filter(|&b| {
+                let x = f32::from_bits(b as u32);
+                let (ours, libc) = (expf(x), x.exp());
+                ours.to_bits() != libc.to_bits() && !(ours.is_nan() && libc.is_nan())
+            })
+            .count()
+        };
+        let differing: usize = std::thread::scope(|s| {
+            let high = s.spawn(|| differ(1 << 31..1 << 32));
+            differ(0..1 << 31) + high.join().expect("the thread ran")
+        });
+        assert_eq!(differing, 0);
     }
 }
