@@ -379,28 +379,44 @@ struct Exact<'a> {
 }
 
 impl Exact<'_> {
-    /// `(Q, P, d)` of element `i` (its index in the row where `probs` are known), with logits
-    /// `zs`, `zt`.
+    /// `Q` and `P` of the gathered elements with logits `zs`, `zt` (every element of the row,
+    /// in order, where `probs` are known) into `q` and `p`: products where the row took the
+    /// exact path from the start, else exponentials. The choice is made once, outside the
+    /// loops, so that each vectorises.
     #[inline(always)]
-    fn at(self, i: usize, zs: f64, zt: f64) -> (f64, f64, f64) {
-        let d = d_of(zs, zt, self.k, self.lse_t - self.lse_s);
+    fn probs_into(self, zs: &[f64], zt: &[f64], q: &mut [f64], p: &mut [f64]) {
         match self.probs {
-            Some((es, is, et, it)) => (es[i] * is, et[i] * it, d),
+            Some((es, is, et, it)) => {
+                for (q, &e) in q.iter_mut().zip(es) {
+                    *q = e * is;
+                }
+                for (p, &e) in p.iter_mut().zip(et) {
+                    *p = e * it;
+                }
+            }
             None => {
-                let ls = zs.mul_add(self.k, -self.lse_s);
-                let lt = zt.mul_add(self.k, -self.lse_t);
-                (exp_f64(ls), exp_f64(lt), d)
+                for (q, &z) in q.iter_mut().zip(zs) {
+                    *q = exp_f64(z.mul_add(self.k, -self.lse_s));
+                }
+                for (p, &z) in p.iter_mut().zip(zt) {
+                    *p = exp_f64(z.mul_add(self.k, -self.lse_t));
+                }
             }
         }
     }
 
-    /// `(term, Q (s - m), Q, s - m)` of a JSD element (see the table of `super`). `s - m` and
-    /// `t - m` come from the ratio `P/Q = e^d`, so that they are exact where `P` or `Q`
-    /// underflows: `-ln(β e^d + 1 - β)` and `d` more for `d <= 0`, `-ln(β + (1 - β) e^-d)` and
-    /// `d` less above.
+    /// `d = t - s` of an element with logits `zs`, `zt`.
     #[inline(always)]
-    fn jsd(self, i: usize, zs: f64, zt: f64, beta: f64) -> (f64, f64, f64, f64) {
-        let (q, p, d) = self.at(i, zs, zt);
+    fn d(self, zs: f64, zt: f64) -> f64 {
+        d_of(zs, zt, self.k, self.lse_t - self.lse_s)
+    }
+
+    /// `(term, Q (s - m), Q, s - m)` of a JSD element with `Q`, `P` and `d` (see the table of
+    /// `super`). `s - m` and `t - m` come from the ratio `P/Q = e^d`, so that they are exact
+    /// where `P` or `Q` underflows: `-ln(β e^d + 1 - β)` and `d` more for `d <= 0`, `-ln(β +
+    /// (1 - β) e^-d)` and `d` less above.
+    #[inline(always)]
+    fn jsd(q: f64, p: f64, d: f64, beta: f64) -> (f64, f64, f64, f64) {
         let e = exp_f64(-d.abs());
         let up = d > 0.0;
         let l = -ln_f64(if up {
@@ -838,11 +854,16 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
             } else {
                 gather(&mut g, None);
             }
-            let (a, b) = (&mut g.a[..], &mut g.b[..]);
-            for (i, (x, y)) in a.iter_mut().zip(b.iter_mut()).enumerate() {
-                let (q, p, d) = exact.at(i, *x, *y);
+            let (a, b, qs, ps) = (&mut g.a[..], &mut g.b[..], &mut g.c[..], &mut g.d[..]);
+            exact.probs_into(a, b, qs, ps);
+            let all = a.iter_mut().zip(b.iter_mut()).zip(qs.iter().zip(ps.iter()));
+            for ((x, y), (&q, &p)) in all {
                 // The cross-entropy's term is -P s, s = z_s / T - lse_s.
-                let term = if ce { -p * x.mul_add(k, -lse_s) } else { p * d };
+                let term = if ce {
+                    -p * x.mul_add(k, -lse_s)
+                } else {
+                    p * exact.d(*x, *y)
+                };
                 (*x, *y) = (if p == 0.0 { 0.0 } else { term }, (q - p) * scale);
             }
             if GRAD {
@@ -863,10 +884,11 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
             } else {
                 gather(&mut g, None);
             }
-            let (a, b, c) = (&mut g.a[..], &mut g.b[..], &mut g.c[..]);
+            let (a, b, c, e) = (&mut g.a[..], &mut g.b[..], &mut g.c[..], &mut g.d[..]);
+            exact.probs_into(a, b, c, e);
             let all = a.iter_mut().zip(b.iter_mut()).zip(c.iter_mut());
-            for (i, ((x, y), z)) in all.enumerate() {
-                let (q, _, d) = exact.at(i, *x, *y);
+            for ((x, y), z) in all {
+                let (q, d) = (*z, exact.d(*x, *y));
                 (*x, *y, *z) = (if q == 0.0 { 0.0 } else { -(q * d) }, q, d);
             }
             let loss = lanes + sum(a);
@@ -896,13 +918,14 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
                 gather(&mut g, None);
             }
             let (a, b, c, e) = (&mut g.a[..], &mut g.b[..], &mut g.c[..], &mut g.d[..]);
+            exact.probs_into(a, b, c, e);
             let all = a
                 .iter_mut()
                 .zip(b.iter_mut())
                 .zip(c.iter_mut())
                 .zip(e.iter_mut());
-            for (i, (((x, y), z), w)) in all.enumerate() {
-                (*x, *y, *z, *w) = exact.jsd(i, *x, *y, beta);
+            for (((x, y), z), w) in all {
+                (*x, *y, *z, *w) = Exact::jsd(*z, *w, exact.d(*x, *y), beta);
             }
             let loss = lanes + sum(a);
             let kk = klanes + sum(b);
