@@ -203,10 +203,21 @@ fn flagged(idx: &mut Vec<u32>, flags: &[u8]) -> bool {
 }
 
 /// One side of a row: `lse = ln Σ e^(z/T)` and, on the `f32` path, `1 / Σ u` with each
-/// `u = e^((z - max)/T)` written out, so that an element's probability is `u / Σ u`.
+/// `u = e^((z - max)/T)` written out, so that an element's probability is `u / Σ u`, and the
+/// `u` above which an element is [`exact`] (`Σ u` times [`BIG`]).
 struct Side {
     lse: f64,
     inv_sum: f32,
+    big: f32,
+}
+
+/// Whether an element whose `u` on one side of a row is `u` takes the exact path: a
+/// probability above [`BIG`] (`u` above that side's `big`) or a `u` below [`TINY`]. The one
+/// test of the rule: the softmax passes list these elements, the reverse KL and JSD loops flag
+/// them (both sides).
+#[inline(always)]
+fn exact(u: f32, big: f32) -> bool {
+    u > big || u < TINY
 }
 
 /// [`Side`] of a row of `f32` logits whose maximum is `max` (see [`row_max2`]): `u` in `f32`
@@ -264,7 +275,7 @@ fn softmax_f32(
                 let e: &[f32; LANES] = e.try_into().expect("LANES elements");
                 let mut bits = 0u32;
                 for (j, &x) in e.iter().enumerate() {
-                    bits |= ((x > big || x < TINY) as u32) << j;
+                    bits |= (exact(x, big) as u32) << j;
                 }
                 while bits != 0 {
                     list.push((start + c * LANES + bits.trailing_zeros() as usize) as u32);
@@ -273,7 +284,7 @@ fn softmax_f32(
             }
             let rest = piece.len() - groups.remainder().len();
             for (j, &e) in groups.remainder().iter().enumerate() {
-                if e > big || e < TINY {
+                if exact(e, big) {
                     list.push((start + rest + j) as u32);
                 }
             }
@@ -297,6 +308,7 @@ fn softmax_f32(
     Some(Side {
         lse: max as f64 * k + ln_f64(sum),
         inv_sum: (1.0 / sum) as f32,
+        big,
     })
 }
 
@@ -527,6 +539,9 @@ struct Fast<'a> {
     lse_s: f64,
     is_s: f32,
     is_t: f32,
+    /// Each side's `big` (see [`exact`]).
+    big_s: f32,
+    big_t: f32,
 }
 
 impl<'a> Fast<'a> {
@@ -535,7 +550,7 @@ impl<'a> Fast<'a> {
     fn at(&self, i: usize) -> (f32, f32, f64, bool) {
         let (a, b) = (self.us[i], self.ut[i]);
         let (q, p) = (a * self.is_s, b * self.is_t);
-        let ok = a >= TINY && b >= TINY && q <= BIG && p <= BIG;
+        let ok = !(exact(a, self.big_s) || exact(b, self.big_t));
         let d = d_of(self.s[i] as f64, self.t[i] as f64, self.k, self.c);
         (q, p, d, ok)
     }
@@ -820,6 +835,8 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
             lse_s,
             is_s: ss.inv_sum,
             is_t: st.inv_sum,
+            big_s: ss.big,
+            big_t: st.big,
         }),
         _ => None,
     };
