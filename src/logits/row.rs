@@ -391,27 +391,23 @@ struct Exact<'a> {
 }
 
 impl Exact<'_> {
-    /// `Q` and `P` of the gathered elements with logits `zs`, `zt` (every element of the row,
-    /// in order, where `probs` are known) into `q` and `p`: products where the row took the
+    /// `Q` (`side` 0) or `P` (1) of the gathered elements with logits `z` (every element of
+    /// the row, in order, where `probs` are known) into `out`: products where the row took the
     /// exact path from the start, else exponentials. The choice is made once, outside the
     /// loops, so that each vectorises.
     #[inline(always)]
-    fn probs_into(self, zs: &[f64], zt: &[f64], q: &mut [f64], p: &mut [f64]) {
+    fn probs_into(self, side: usize, z: &[f64], out: &mut [f64]) {
         match self.probs {
             Some((es, is, et, it)) => {
-                for (q, &e) in q.iter_mut().zip(es) {
-                    *q = e * is;
-                }
-                for (p, &e) in p.iter_mut().zip(et) {
-                    *p = e * it;
+                let (e, inv_sum) = [(es, is), (et, it)][side];
+                for (o, &e) in out.iter_mut().zip(e) {
+                    *o = e * inv_sum;
                 }
             }
             None => {
-                for (q, &z) in q.iter_mut().zip(zs) {
-                    *q = exp_f64(z.mul_add(self.k, -self.lse_s));
-                }
-                for (p, &z) in p.iter_mut().zip(zt) {
-                    *p = exp_f64(z.mul_add(self.k, -self.lse_t));
+                let lse = [self.lse_s, self.lse_t][side];
+                for (o, &z) in out.iter_mut().zip(z) {
+                    *o = exp_f64(z.mul_add(self.k, -lse));
                 }
             }
         }
@@ -872,7 +868,8 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
                 gather(&mut g, None);
             }
             let (a, b, qs, ps) = (&mut g.a[..], &mut g.b[..], &mut g.c[..], &mut g.d[..]);
-            exact.probs_into(a, b, qs, ps);
+            exact.probs_into(0, a, qs);
+            exact.probs_into(1, b, ps);
             let all = a.iter_mut().zip(b.iter_mut()).zip(qs.iter().zip(ps.iter()));
             for ((x, y), (&q, &p)) in all {
                 // The cross-entropy's term is -P s, s = z_s / T - lse_s.
@@ -901,8 +898,8 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
             } else {
                 gather(&mut g, None);
             }
-            let (a, b, c, e) = (&mut g.a[..], &mut g.b[..], &mut g.c[..], &mut g.d[..]);
-            exact.probs_into(a, b, c, e);
+            let (a, b, c) = (&mut g.a[..], &mut g.b[..], &mut g.c[..]);
+            exact.probs_into(0, a, c);
             let all = a.iter_mut().zip(b.iter_mut()).zip(c.iter_mut());
             for ((x, y), z) in all {
                 let (q, d) = (*z, exact.d(*x, *y));
@@ -935,7 +932,8 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
                 gather(&mut g, None);
             }
             let (a, b, c, e) = (&mut g.a[..], &mut g.b[..], &mut g.c[..], &mut g.d[..]);
-            exact.probs_into(a, b, c, e);
+            exact.probs_into(0, a, c);
+            exact.probs_into(1, b, e);
             let all = a
                 .iter_mut()
                 .zip(b.iter_mut())
