@@ -211,10 +211,10 @@ struct Side {
     big: f32,
 }
 
-/// Whether an element whose `u` on one side of a row is `u` takes the exact path: a
-/// probability above [`BIG`] (`u` above that side's `big`) or a `u` below [`TINY`]. The one
-/// test of the rule: the softmax passes list these elements, the reverse KL and JSD loops flag
-/// them (both sides).
+/// Whether an element takes the exact path, by its `u` on one side of the row: a probability
+/// above [`BIG`] (`u` above that side's `big`) or a `u` below [`TINY`] (either side decides).
+/// The rule's one test: the softmax passes list these elements (forward KL), the reverse KL and
+/// JSD loops flag them.
 #[inline(always)]
 fn exact(u: f32, big: f32) -> bool {
     u > big || u < TINY
