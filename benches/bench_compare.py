@@ -152,7 +152,7 @@ def main() -> None:
     )
     a = p.parse_args()
     import kldiv
-    from kldiv._bench import time_interleaved
+    from kldiv._bench import seconds_per_step
 
     kldiv.set_num_threads(a.threads)
     d = a.dir or tempfile.mkdtemp(prefix="kldiv-w13-")
@@ -182,8 +182,7 @@ def main() -> None:
     }
     for fn in fns.values():
         fn()  # the page cache, where it fits
-    timed = time_interleaved(fns, calls=1, repeats=a.repeats, settle_ms=20.0)  # benchmarks.md
-    times = {name: [ns / 1e9 for ns in t["samples_ns_per_call"]] for name, t in timed.items()}
+    times = seconds_per_step(fns, a.repeats)
     rss = peak_rss(kld, other, a.threads)
     print(
         f"W13: {scored} scored tokens x {a.vocab}, {a.threads} threads, inputs "

@@ -150,12 +150,11 @@ def timings(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[f
     """Seconds per step of each implementation: the protocol of docs/benchmarks.md (turns whose
     order rotates, each step after a 20 ms gap in which the last one's spinning worker threads,
     PyTorch's or XLA's, go idle)."""
-    from kldiv._bench import time_interleaved
+    from kldiv._bench import seconds_per_step
 
     for fn in fns.values():
         fn()  # warm (JAX compiles, pages are mapped)
-    timed = time_interleaved(fns, calls=1, repeats=repeats, settle_ms=20.0)
-    return {name: [ns / 1e9 for ns in t["samples_ns_per_call"]] for name, t in timed.items()}
+    return seconds_per_step(fns, repeats)
 
 
 def _hwm_kib() -> int:

@@ -25,7 +25,7 @@ from typing import Any
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see bench.py
 
 import kldiv  # noqa: E402
-from kldiv._bench import WORKLOADS, floor_fn, kldiv_fn, make_inputs, spin  # noqa: E402
+from kldiv._bench import SETTLE_MS, WORKLOADS, floor_fn, kldiv_fn, make_inputs, spin  # noqa: E402
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
     times: dict[tuple[str, int], list[float]] = {(f, n): [] for f in fns for n in threads}
     for _ in range(a.repeats):
         for name, n in times:
-            spin(20.0)  # the same gap before each timed block as in bench.py
+            spin(SETTLE_MS)  # the same gap before each timed block as in bench.py
             fns[name](n)  # sets the threads, and wakes them: the timed calls follow at once
             t0 = time.perf_counter()
             for _ in range(calls):

@@ -19,7 +19,7 @@ import statistics
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see bench.py
 
 import kldiv  # noqa: E402
-from kldiv._bench import WORKLOADS, kldiv_fn, make_inputs, time_interleaved  # noqa: E402
+from kldiv._bench import SETTLE_MS, WORKLOADS, kldiv_fn, make_inputs, time_interleaved  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
         assert fn is not None
         fn()  # warm
         fns[wid], sizes[wid] = fn, x.size
-    timed = time_interleaved(fns, calls=1, repeats=a.repeats, settle_ms=20.0)
+    timed = time_interleaved(fns, calls=1, repeats=a.repeats, settle_ms=SETTLE_MS)
     ns = {wid: timed[wid]["ns_per_call"] / sizes[wid] for wid in ids}
     quick = ", quick sizes" if a.quick else ""
     print(f"kldiv, {a.threads} thread(s), medians of {a.repeats} interleaved repeats{quick}:")

@@ -41,7 +41,8 @@ otherwise the output says JAX's threads are not limited. ``JAX_PLATFORMS`` is se
 
 ``run(workloads, threads, repeats, quick)`` returns the results as a dict. The scripts in
 ``benches/`` import what they share with this harness from here (``WORKLOADS``,
-``make_inputs``, ``kldiv_fn``, ``floor_fn``, ``time_interleaved``, ``spin``); what only they
+``make_inputs``, ``kldiv_fn``, ``floor_fn``, ``time_interleaved``, ``seconds_per_step``,
+``SETTLE_MS``, ``spin``); what only they
 use lives in ``benches/``.
 """
 
@@ -363,6 +364,13 @@ def spin(ms: float) -> None:
     end = time.perf_counter_ns() + int(ms * 1e6)
     while time.perf_counter_ns() < end:
         pass
+
+
+def seconds_per_step(fns: dict[str, Fn], repeats: int) -> dict[str, list[float]]:
+    """Each implementation's seconds per step, ``repeats`` of them, by the protocol of
+    docs/benchmarks.md: one call a timed step, the order rotating, ``SETTLE_MS`` before each."""
+    timed = time_interleaved(fns, calls=1, repeats=repeats, settle_ms=SETTLE_MS)
+    return {name: [ns / 1e9 for ns in t["samples_ns_per_call"]] for name, t in timed.items()}
 
 
 def time_interleaved(
