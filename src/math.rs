@@ -330,16 +330,31 @@ pub(crate) fn log1p_f32(x: f32) -> f32 {
 /// ```
 #[inline(always)]
 pub fn exp_f64(x: f64) -> f64 {
+    let (r, k) = exp_f64_reduce(x.clamp(-750.0, 710.0)); // NaN stays NaN
+    let p = exp_f64_poly(r);
+    let k1 = k >> 1;
+    let k2 = k - k1;
+    let s1 = f64::from_bits(((k1 + 1023) as u64) << 52);
+    let s2 = f64::from_bits(((k2 + 1023) as u64) << 52);
+    (p * s1) * s2
+}
+
+/// `(r, k)` with `x = k ln(2) + r`, `|r| <= ln(2)/2` (Cody-Waite, two constants).
+#[inline(always)]
+fn exp_f64_reduce(x: f64) -> (f64, i64) {
     const LOG2E: f64 = std::f64::consts::LOG2_E;
     const LN2_HI: f64 = f64::from_bits(0x3fe62e42fee00000);
     const LN2_LO: f64 = f64::from_bits(0x3dea39ef35793c76);
     const MAGIC: f64 = 6755399441055744.0; // 1.5 * 2^52
-    let xc = x.clamp(-750.0, 710.0); // NaN stays NaN
-    let kb = xc.mul_add(LOG2E, MAGIC);
+    let kb = x.mul_add(LOG2E, MAGIC);
     let kf = kb - MAGIC;
     let k = (kb.to_bits() as i64).wrapping_sub(MAGIC.to_bits() as i64);
-    let r = (-kf).mul_add(LN2_LO, (-kf).mul_add(LN2_HI, xc));
-    // Taylor polynomial of exp(r) to degree 13, |r| <= ln(2)/2, by Horner's rule.
+    ((-kf).mul_add(LN2_LO, (-kf).mul_add(LN2_HI, x)), k)
+}
+
+/// `e^r` for `|r| <= ln(2)/2`: the Taylor polynomial of degree 13, by Horner's rule.
+#[inline(always)]
+fn exp_f64_poly(r: f64) -> f64 {
     let mut p: f64 = 1.0 / 6227020800.0; // 1/13!
     for d in [
         479001600.0,
@@ -358,11 +373,24 @@ pub fn exp_f64(x: f64) -> f64 {
     ] {
         p = p.mul_add(r, 1.0 / d);
     }
-    let k1 = k >> 1;
-    let k2 = k - k1;
-    let s1 = f64::from_bits(((k1 + 1023) as u64) << 52);
-    let s2 = f64::from_bits(((k2 + 1023) as u64) << 52);
-    (p * s1) * s2
+    p
+}
+
+/// `e^x` for `x <= 0`, for the `f64` exponentials of a softmax (the exact path of the losses
+/// from logits): [`exp_f64`]'s steps with `2^k` applied in one step, so [`exp_f64`]'s bits for
+/// `x >= -708`, and 0 below (where `e^x < 2^-1021`: a probability that small changes no sum and
+/// no `f32` gradient; [`exp_f64`] splits `2^k` in two there, with a shift of `f64` lanes that
+/// AVX2 does not have). NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp_f64_unit(x: f64) -> f64 {
+    let (r, k) = exp_f64_reduce(x);
+    let p = exp_f64_poly(r);
+    let y = p * f64::from_bits((k.wrapping_add(1023) as u64) << 52);
+    if x < -708.0 {
+        0.0
+    } else {
+        y
+    }
 }
 
 // No `unsafe` here, and millions of inputs: not run under Miri.
@@ -422,6 +450,21 @@ mod tests {
             }
         }
         assert!(worst <= 2.0, "worst {worst} ulp");
+    }
+
+    /// [`exp_f64_unit`] has [`exp_f64`]'s bits from -708 up, 0 below, NaN for NaN.
+    #[test]
+    fn exp_f64_unit_is_exp_f64_down_to_its_cut() {
+        for bits in randoms(1_000_000, 4242) {
+            let x = -((bits >> 11) as f64 / (1u64 << 53) as f64) * 760.0;
+            let want = if x < -708.0 { 0.0 } else { exp_f64(x) };
+            assert_eq!(exp_f64_unit(x).to_bits(), want.to_bits(), "exp({x})");
+        }
+        for (x, want) in [(0.0, 1.0), (-708.0, exp_f64(-708.0)), (-708.5, 0.0)] {
+            assert_eq!(exp_f64_unit(x), want);
+        }
+        assert_eq!(exp_f64_unit(f64::NEG_INFINITY), 0.0);
+        assert!(exp_f64_unit(f64::NAN).is_nan());
     }
 
     /// Distance in `f32` ulps (of `want`, rounded to `f32`) from `got` to the exact `want`.

@@ -12,7 +12,7 @@ use std::any::TypeId;
 
 use super::Divergence;
 use crate::float::Float;
-use crate::math::{exp_f32_unit, exp_f64, expm1_f32, ln_f64, log1p_f32};
+use crate::math::{exp_f32_unit, exp_f64, exp_f64_unit, expm1_f32, ln_f64, log1p_f32};
 use crate::reduce::{fold_lanes, Lanes, LANES};
 use crate::runs::prefetch_l2_write;
 use crate::simd::Kernel;
@@ -297,7 +297,7 @@ fn softmax_f32(
     x.clear();
     x.extend(idx.iter().map(|&v| (z[v as usize] as f64 - max as f64) * k)); // exact difference
     for e in x.iter_mut() {
-        *e = exp_f64(*e);
+        *e = exp_f64_unit(*e);
     }
     let fix: f64 = idx
         .iter()
@@ -366,7 +366,7 @@ fn lse_exact<C: Float>(z: &[C], k: f64, e: &mut Vec<f64>) -> (f64, f64) {
     e.clear();
     e.extend(z.iter().map(|&v| v.to_f64()));
     for x in e.iter_mut() {
-        *x = exp_f64((*x - max) * k); // the difference is exact for f32 logits
+        *x = exp_f64_unit((*x - max) * k); // the difference is exact for f32 logits
     }
     let sum = fold_lanes(&sum_lanes(e));
     (max * k + ln_f64(sum), 1.0 / sum)
@@ -407,7 +407,7 @@ impl Exact<'_> {
             None => {
                 let lse = [self.lse_s, self.lse_t][side];
                 for (o, &z) in out.iter_mut().zip(z) {
-                    *o = exp_f64(z.mul_add(self.k, -lse));
+                    *o = exp_f64_unit(z.mul_add(self.k, -lse));
                 }
             }
         }
@@ -453,6 +453,19 @@ pub(super) struct Gathered<'a> {
 }
 
 impl Gathered<'_> {
+    /// After the fast path, gathers the elements it leaves to the exact path (the nonzero
+    /// `flags`): all of them, and nothing of the fast path counted (false), where they are
+    /// many or there was no fast path (`None`).
+    #[inline(always)]
+    fn gather_flagged<C: Float>(&mut self, s: &[C], t: &[C], flags: Option<&[u8]>) -> bool {
+        let dense = match flags {
+            Some(f) => !flagged(self.idx, f),
+            None => true,
+        };
+        self.gather(s, t, dense);
+        !dense
+    }
+
     /// Gathers the elements `idx` of `s` and `t` into `a` and `b` (every element, in order,
     /// with `idx` empty, if `dense`).
     #[inline(always)]
@@ -837,17 +850,6 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
         _ => None,
     };
     let scale32 = scale as f32;
-    // After the fast path, the elements it leaves to the exact path, gathered into `g`: all
-    // of them, and nothing of the fast path counted, where they are many or there was none.
-    let gather = |g: &mut Gathered<'_>, flags: Option<&[u8]>| -> bool {
-        let dense = match flags {
-            Some(f) => !flagged(g.idx, &f[..n]),
-            None => true,
-        };
-        g.gather(s, t, dense);
-        !dense
-    };
-    let sum = |v: &[f64]| fold_lanes(&sum_lanes(v));
     match divergence.normalized() {
         div @ (Divergence::Forward | Divergence::CrossEntropy) => {
             let ce = div == Divergence::CrossEntropy;
@@ -865,7 +867,7 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
                     lanes = l;
                 }
             } else {
-                gather(&mut g, None);
+                g.gather_flagged(s, t, None);
             }
             let (a, b, qs, ps) = (&mut g.a[..], &mut g.b[..], &mut g.c[..], &mut g.d[..]);
             exact.probs_into(0, a, qs);
@@ -883,20 +885,20 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
             if GRAD {
                 scatter(out, g.idx, g.b);
             }
-            lanes + sum(g.a)
+            lanes + fold_lanes(&sum_lanes(g.a))
         }
         Divergence::Reverse => {
             let mut lanes = 0.0;
             let mut fast = fast;
             if let Some(f) = &fast {
                 let l = f.reverse(&mut sums);
-                if gather(&mut g, Some(sums.flags)) {
+                if g.gather_flagged(s, t, Some(&sums.flags[..n])) {
                     lanes = l;
                 } else {
                     fast = None; // every element exact
                 }
             } else {
-                gather(&mut g, None);
+                g.gather_flagged(s, t, None);
             }
             let (a, b, c) = (&mut g.a[..], &mut g.b[..], &mut g.c[..]);
             exact.probs_into(0, a, c);
@@ -905,7 +907,7 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
                 let (q, d) = (*z, exact.d(*x, *y));
                 (*x, *y, *z) = (if q == 0.0 { 0.0 } else { -(q * d) }, q, d);
             }
-            let loss = lanes + sum(a);
+            let loss = lanes + fold_lanes(&sum_lanes(a));
             if GRAD {
                 if let Some(f) = &fast {
                     f.reverse_grad(as_f32_mut(out).expect(f32_rows), loss, scale32);
@@ -923,13 +925,13 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
             let mut fast = fast;
             if let Some(f) = &fast {
                 let l = f.jsd(as_f32_mut(tmp).expect(f32_rows), &mut sums, beta);
-                if gather(&mut g, Some(sums.flags)) {
+                if g.gather_flagged(s, t, Some(&sums.flags[..n])) {
                     (lanes, klanes) = l;
                 } else {
                     fast = None; // every element exact
                 }
             } else {
-                gather(&mut g, None);
+                g.gather_flagged(s, t, None);
             }
             let (a, b, c, e) = (&mut g.a[..], &mut g.b[..], &mut g.c[..], &mut g.d[..]);
             exact.probs_into(0, a, c);
@@ -942,8 +944,8 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
             for (((x, y), z), w) in all {
                 (*x, *y, *z, *w) = Exact::jsd(*z, *w, exact.d(*x, *y), beta);
             }
-            let loss = lanes + sum(a);
-            let kk = klanes + sum(b);
+            let loss = lanes + fold_lanes(&sum_lanes(a));
+            let kk = klanes + fold_lanes(&sum_lanes(b));
             if GRAD {
                 if let Some(f) = &fast {
                     let phi = as_f32(tmp).expect(f32_rows);
