@@ -58,8 +58,9 @@ miri:
 	MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-permissive-provenance" \
 		cargo +nightly miri test -j2 --lib --test small_layouts
 
-## ln and exp over all 2^32 float32 inputs, at each SIMD level the CPU has, and the
-## comparison's glibc expf against the C library's (release mode).
+## ln and exp over all 2^32 float32 inputs, at each SIMD level the CPU has, the softmax's
+## exp over all its inputs, and the comparison's glibc expf against the C library's (release
+## mode).
 test-exhaustive:
 	cargo test -j2 --release --lib -- --ignored expf_is_glibcs exp_f32_unit_on_every
 	KLDIV_SIMD=avx2 cargo test -j2 --release --test exhaustive -- --ignored
