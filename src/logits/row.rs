@@ -126,13 +126,13 @@ impl<C: Float> RowMax<C> {
     }
 }
 
-/// The lanes of a row's sum: element `i` into lane `i % LANES`, each lane in order (see
-/// `crate::reduce`), over whole chunks so that it vectorises.
+/// A row's sum in `f64`: element `i` into lane `i % LANES`, each lane in order, then the lanes
+/// folded (see `crate::reduce`), over whole chunks so that it vectorises.
 #[inline(always)]
-fn sum_lanes<C: Float>(v: &[C]) -> Lanes {
+fn sum_row<C: Float>(v: &[C]) -> f64 {
     let mut acc = [0.0; LANES];
     add_lanes(&mut acc, v);
-    acc
+    fold_lanes(&acc)
 }
 
 /// The fast path's terms are summed a tile at a time, from a buffer that stays in L1 (a
@@ -257,7 +257,7 @@ fn softmax_f32(
         bounds.push([hi, lo]);
     }
     // (Summed in a pass of its own: summed in each piece, LLVM made the f64 lanes pairs.)
-    let mut sum = fold_lanes(&sum_lanes(u));
+    let mut sum = sum_row(u);
     // The elements for the exact path, listed in order: the largest (summed again in f64
     // below) and the tiny ones, looked for in the pieces that hold any. Where they are many
     // (small vocabularies, flat rows, many masked entries), the row takes the exact path.
@@ -368,7 +368,7 @@ fn lse_exact<C: Float>(z: &[C], k: f64, e: &mut Vec<f64>) -> (f64, f64) {
     for x in e.iter_mut() {
         *x = exp_f64_unit((*x - max) * k); // the difference is exact for f32 logits
     }
-    let sum = fold_lanes(&sum_lanes(e));
+    let sum = sum_row(e);
     (max * k + ln_f64(sum), 1.0 / sum)
 }
 
@@ -885,7 +885,7 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
             if GRAD {
                 scatter(out, g.idx, g.b);
             }
-            lanes + fold_lanes(&sum_lanes(g.a))
+            lanes + sum_row(g.a)
         }
         Divergence::Reverse => {
             let mut lanes = 0.0;
@@ -907,7 +907,7 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
                 let (q, d) = (*z, exact.d(*x, *y));
                 (*x, *y, *z) = (if q == 0.0 { 0.0 } else { -(q * d) }, q, d);
             }
-            let loss = lanes + fold_lanes(&sum_lanes(a));
+            let loss = lanes + sum_row(a);
             if GRAD {
                 if let Some(f) = &fast {
                     f.reverse_grad(as_f32_mut(out).expect(f32_rows), loss, scale32);
@@ -944,8 +944,8 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
             for (((x, y), z), w) in all {
                 (*x, *y, *z, *w) = Exact::jsd(*z, *w, exact.d(*x, *y), beta);
             }
-            let loss = lanes + fold_lanes(&sum_lanes(a));
-            let kk = klanes + fold_lanes(&sum_lanes(b));
+            let loss = lanes + sum_row(a);
+            let kk = klanes + sum_row(b);
             if GRAD {
                 if let Some(f) = &fast {
                     let phi = as_f32(tmp).expect(f32_rows);
