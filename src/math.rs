@@ -212,24 +212,29 @@ fn special_ln<F: Ieee>(x: F, y: F, at_zero: F) -> F {
 /// ```
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
+    // Clamp so that k fits the two-step scaling.
+    let xc = x.clamp(-110.0, 100.0); // NaN stays NaN
+    let (r, k) = exp_f32_reduce(xc);
+    exp_f32_from_reduced(r, k)
+}
+
+/// `(r, k)` with `x = k ln(2) + r`, `|r| <= ln(2)/2` (Cody-Waite, two constants).
+#[inline(always)]
+fn exp_f32_reduce(x: f32) -> (f32, i32) {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = f32::from_bits(0x3f318000); // 0.693359375, exact times k
     const LN2_LO: f32 = -2.121_944_4e-4;
     const MAGIC: f32 = 12582912.0; // 1.5 * 2^23: adding it rounds to an integer
-
-    // Clamp so that k fits the two-step scaling.
-    let xc = x.clamp(-110.0, 100.0); // NaN stays NaN
-    let kb = xc.mul_add(LOG2E, MAGIC);
+    let kb = x.mul_add(LOG2E, MAGIC);
     let kf = kb - MAGIC;
     let k = (kb.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    let r = (-kf).mul_add(LN2_LO, (-kf).mul_add(LN2_HI, xc));
-    exp_f32_reduced(r, k)
+    ((-kf).mul_add(LN2_LO, (-kf).mul_add(LN2_HI, x)), k)
 }
 
 /// `2^k e^r` for `|r| <= ln(2)/2`: a Taylor polynomial of degree 7 by Horner's rule, and `2^k`
 /// applied in two steps so that results in the subnormal range are right.
 #[inline(always)]
-fn exp_f32_reduced(r: f32, k: i32) -> f32 {
+fn exp_f32_from_reduced(r: f32, k: i32) -> f32 {
     let mut p: f32 = 1.0 / 5040.0;
     for c in [720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
         p = p.mul_add(r, 1.0 / c);
@@ -248,15 +253,8 @@ fn exp_f32_reduced(r: f32, k: i32) -> f32 {
 /// `e^-87` (about `1.6e-38`: callers treat such values as 0); NaN stays NaN.
 #[inline(always)]
 pub(crate) fn exp_f32_unit(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = f32::from_bits(0x3f318000);
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const MAGIC: f32 = 12582912.0;
     let xc = if x < -87.0 { -87.0 } else { x };
-    let kb = xc.mul_add(LOG2E, MAGIC);
-    let kf = kb - MAGIC;
-    let k = (kb.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    let r = (-kf).mul_add(LN2_LO, (-kf).mul_add(LN2_HI, xc));
+    let (r, k) = exp_f32_reduce(xc);
     let mut p = f32::from_bits(0x3ab5_5cb1);
     for c in [
         0x3c09_3681,
@@ -286,15 +284,8 @@ pub(crate) fn exp_f32_unit(x: f32) -> f32 {
 /// ```
 #[inline(always)]
 pub fn expm1_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = f32::from_bits(0x3f318000);
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const MAGIC: f32 = 12582912.0;
     let xc = x.clamp(-30.0, 88.0); // NaN stays NaN
-    let kb = xc.mul_add(LOG2E, MAGIC);
-    let kf = kb - MAGIC;
-    let k = (kb.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    let r = (-kf).mul_add(LN2_LO, (-kf).mul_add(LN2_HI, xc));
+    let (r, k) = exp_f32_reduce(xc);
     let mut p: f32 = 1.0 / 40320.0;
     for c in [5040.0, 720.0, 120.0, 24.0, 6.0, 2.0] {
         p = p.mul_add(r, 1.0 / c);

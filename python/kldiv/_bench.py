@@ -42,8 +42,7 @@ otherwise the output says JAX's threads are not limited. ``JAX_PLATFORMS`` is se
 ``run(workloads, threads, repeats, quick)`` returns the results as a dict. The scripts in
 ``benches/`` import what they share with this harness from here (``WORKLOADS``,
 ``make_inputs``, ``kldiv_fn``, ``floor_fn``, ``time_interleaved``, ``seconds_per_step``,
-``SETTLE_MS``, ``spin``); what only they
-use lives in ``benches/``.
+``SETTLE_MS``, ``spin``); what only they use lives in ``benches/``.
 """
 
 from __future__ import annotations
