@@ -109,7 +109,7 @@ impl std::str::FromStr for Reduction {
 /// # Errors
 /// [`Error::Broadcast`] if the shapes do not broadcast; [`Error::TooLarge`] if the broadcast
 /// shape has more than `isize::MAX` elements; [`Error::OutOfMemory`] or
-/// [`Error::Interrupted`] (see [`crate::with_interrupt`]).
+/// [`Error::Interrupted`] (see [`crate::runtime::with_interrupt`]).
 ///
 /// # Example
 /// ```

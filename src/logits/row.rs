@@ -12,7 +12,9 @@ use std::any::TypeId;
 
 use super::Divergence;
 use crate::float::Float;
-use crate::math::{exp_f32_unit, exp_f64, exp_f64_unit, expm1_f32, ln_f64, log1p_f32};
+use crate::math::{
+    exp_f32_unit_finish, exp_f32_unit_reduce, exp_f64, exp_f64_unit, expm1_f32, ln_f64, log1p_f32,
+};
 use crate::reduce::{fold_lanes, Lanes, LANES};
 use crate::runs::prefetch_l2_write;
 use crate::simd::Kernel;
@@ -248,9 +250,14 @@ fn softmax_f32(
         for l in 0..per {
             out.line_write(p * per + l);
         }
+        // `exp_f32_unit` in its two halves, a loop each (see `exp_f32_unit_reduce`).
+        let mut scales = [0.0; PIECE];
+        for ((e, s), &v) in uc.iter_mut().zip(&mut scales).zip(zc) {
+            (*e, *s) = exp_f32_unit_reduce((v - max) * k32);
+        }
         let (mut hi, mut lo) = (0, u32::MAX);
-        for (e, &v) in uc.iter_mut().zip(zc) {
-            *e = exp_f32_unit((v - max) * k32);
+        for (e, &s) in uc.iter_mut().zip(&scales) {
+            *e = exp_f32_unit_finish(*e, s);
             hi = hi.max(e.to_bits());
             lo = lo.min(e.to_bits());
         }
@@ -660,16 +667,22 @@ impl<'a> Fast<'a> {
             // φ in three loops over the tile (in L1): `d` rounded to f32, then φ of it in a
             // loop of f32 alone (at f32's vector width: the costly part), then the f64 terms.
             let phi_tile = &mut phi[start..start + len];
-            for (j, f) in phi_tile.iter_mut().enumerate() {
+            for (j, (f, dj)) in phi_tile.iter_mut().zip(terms.iter_mut()).enumerate() {
                 let i = start + j;
-                *f = d_of(self.s[i] as f64, self.t[i] as f64, self.k, self.c) as f32;
+                *dj = d_of(self.s[i] as f64, self.t[i] as f64, self.k, self.c);
+                *f = *dj as f32;
             }
             for f in phi_tile.iter_mut() {
-                *f = log1p_f32(b32 * expm1_f32(*f));
+                *f = b32 * expm1_f32(*f);
+            }
+            for f in phi_tile.iter_mut() {
+                *f = log1p_f32(*f);
             }
             for j in 0..len {
                 let i = start + j;
-                let (q, p, d, ok) = self.at(i);
+                let (a, b) = (self.us[i], self.ut[i]);
+                let (q, p, d) = (a * self.is_s, b * self.is_t, terms[j]);
+                let ok = !(exact(a, self.big_s) || exact(b, self.big_t));
                 let d32 = d as f32;
                 let ok = ok && d32.abs() <= JSD_MAX_D;
                 let f = phi[i];
