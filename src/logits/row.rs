@@ -572,16 +572,17 @@ impl<'a> Fast<'a> {
     }
 
     /// Forward KL: `Σ P d` (with `CE`, the cross-entropy `-Σ P s`) over the elements it keeps:
-    /// those with `P > 0` (the exact path's have their `u` of the teacher set to 0 by
-    /// [`row`]); with `GRAD`, `(Q - P) scale` into `out`: for a
-    /// `|scale|` up to [`PLAIN_DIFF_SCALE`] as `Q - P`, else as `Q - P` where `Q > 2P` and
-    /// as `P expm1(-d)` below, where `Q - P` cancels (its error is then that of `P` and
-    /// `expm1`).
+    /// all but the exact path's, `listed` (sorted), whose terms are set to 0 after each tile
+    /// (a masked logit's `d` is infinite) and whose gradient the exact path writes over; with
+    /// `GRAD`, `(Q - P) scale` into `out`: for a `|scale|` up to [`PLAIN_DIFF_SCALE`] as
+    /// `Q - P`, else as `Q - P` where `Q > 2P` and as `P expm1(-d)` below, where `Q - P`
+    /// cancels (its error is then that of `P` and `expm1`).
     #[inline(always)]
     fn forward<const GRAD: bool, const CE: bool>(
         &self,
         out: &mut [f32],
         terms: &mut [f64],
+        listed: &[u32],
         scale: f32,
     ) -> f64 {
         if GRAD && scale.abs() <= PLAIN_DIFF_SCALE {
@@ -591,11 +592,12 @@ impl<'a> Fast<'a> {
                 let (q, p) = (self.us[i] * self.is_s, self.ut[i] * self.is_t);
                 *o = (q - p) * scale;
             }
-            return self.forward::<false, CE>(out, terms, scale);
+            return self.forward::<false, CE>(out, terms, listed, scale);
         }
         let n = self.s.len();
         let out = &mut out[..n];
         let mut acc = [0.0; LANES];
+        let mut listed = listed.iter().map(|&i| i as usize).peekable();
         for start in (0..n).step_by(TILE) {
             let end = (start + TILE).min(n);
             let terms = &mut terms[..end - start];
@@ -617,7 +619,11 @@ impl<'a> Fast<'a> {
                 } else {
                     p as f64 * d
                 };
-                *term_j = if p == 0.0 { 0.0 } else { term };
+                *term_j = term;
+            }
+            // The listed elements' terms are 0 (their `d` may be infinite: a masked logit).
+            while let Some(i) = listed.next_if(|&i| i < end) {
+                terms[i - start] = 0.0;
             }
             add_lanes(&mut acc, terms);
         }
@@ -817,14 +823,9 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
         Divergence::Forward | Divergence::CrossEntropy
     );
     if sides.is_some() && forward {
-        // The forward KL's exact path takes the elements of both sides' lists; the teacher's
-        // `u` of each is set to 0, so that the fast path gives them no term without testing
-        // every element.
+        // The forward KL's exact path takes the elements of both sides' lists (the fast path
+        // sets their terms to 0 by this list, without testing every element).
         union(g.idx, ls, lt);
-        let ut = as_f32_mut(ut).expect(f32_rows);
-        for &i in g.idx.iter() {
-            ut[i as usize] = 0.0;
-        }
     }
     let (us, ut) = (&*us, &*ut);
     let exact = match &sides {
@@ -870,9 +871,9 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
             if let Some(f) = &fast {
                 let out = as_f32_mut(out).expect(f32_rows);
                 let l = if ce {
-                    f.forward::<GRAD, true>(out, sums.terms, scale32)
+                    f.forward::<GRAD, true>(out, sums.terms, g.idx, scale32)
                 } else {
-                    f.forward::<GRAD, false>(out, sums.terms, scale32)
+                    f.forward::<GRAD, false>(out, sums.terms, g.idx, scale32)
                 };
                 let dense = g.idx.len() * DENSE > n;
                 g.gather(s, t, dense);
