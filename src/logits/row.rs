@@ -561,12 +561,18 @@ struct Fast<'a> {
 }
 
 impl<'a> Fast<'a> {
+    /// `(Q, P)` of element `i` on this path, and whether it stays on it.
+    #[inline(always)]
+    fn qp(&self, i: usize) -> (f32, f32, bool) {
+        let (a, b) = (self.us[i], self.ut[i]);
+        let ok = !(exact(a, self.big_s) || exact(b, self.big_t));
+        (a * self.is_s, b * self.is_t, ok)
+    }
+
     /// `(Q, P, d)` of element `i` on this path, and whether it stays on it.
     #[inline(always)]
     fn at(&self, i: usize) -> (f32, f32, f64, bool) {
-        let (a, b) = (self.us[i], self.ut[i]);
-        let (q, p) = (a * self.is_s, b * self.is_t);
-        let ok = !(exact(a, self.big_s) || exact(b, self.big_t));
+        let (q, p, ok) = self.qp(i);
         let d = d_of(self.s[i] as f64, self.t[i] as f64, self.k, self.c);
         (q, p, d, ok)
     }
@@ -670,8 +676,10 @@ impl<'a> Fast<'a> {
         for start in (0..n).step_by(TILE) {
             let len = (start + TILE).min(n) - start;
             let (terms, kterms) = (&mut sums.terms[..len], &mut sums.kterms[..len]);
-            // φ in three loops over the tile (in L1): `d` rounded to f32, then φ of it in a
-            // loop of f32 alone (at f32's vector width: the costly part), then the f64 terms.
+            // φ in loops over the tile (in L1): `d` (in `terms`, in f64, for the terms) and
+            // rounded to f32 (in `phi`), then `β expm1(d)` and its `log1p` in loops of f32
+            // alone (at f32's vector width: the costly part; two loops, not one, as for
+            // `exp_f32_unit_reduce`), then the f64 terms.
             let phi_tile = &mut phi[start..start + len];
             for (j, (f, dj)) in phi_tile.iter_mut().zip(terms.iter_mut()).enumerate() {
                 let i = start + j;
@@ -686,9 +694,7 @@ impl<'a> Fast<'a> {
             }
             for j in 0..len {
                 let i = start + j;
-                let (a, b) = (self.us[i], self.ut[i]);
-                let (q, p, d) = (a * self.is_s, b * self.is_t, terms[j]);
-                let ok = !(exact(a, self.big_s) || exact(b, self.big_t));
+                let ((q, p, ok), d) = (self.qp(i), terms[j]);
                 let d32 = d as f32;
                 let ok = ok && d32.abs() <= JSD_MAX_D;
                 let f = phi[i];
