@@ -36,6 +36,12 @@ const BIG: f32 = f32::from_bits((127 - 10) << 23);
 /// cost more.
 const DENSE: usize = 16;
 
+/// Whether `count` elements of a row of `len` are too many to gather (see [`DENSE`]).
+#[inline(always)]
+fn dense(count: usize, len: usize) -> bool {
+    count * DENSE > len
+}
+
 /// Forward KL gradients scaled by at most this (every mean and batchmean, sums at `T >= 1`
 /// with weights up to `T`) take `Q - P` in `f32` on the fast path: with `Q` and `P` within 3
 /// ulp each and both at most [`BIG`], its error is under `6 * 2^-24 * 2^-10 < 4e-10` times
@@ -184,7 +190,7 @@ fn flagged(idx: &mut Vec<u32>, flags: &[u8]) -> bool {
     let count = words.fold(rest, |n, w| {
         n + u64::from_le_bytes(w.try_into().expect("8 bytes")).count_ones() as usize
     });
-    if count * DENSE > flags.len() {
+    if dense(count, flags.len()) {
         return false;
     }
     let mut chunks = flags.chunks_exact(8);
@@ -270,7 +276,6 @@ fn softmax_f32(
     // (small vocabularies, flat rows, many masked entries), the row takes the exact path.
     let big = (sum * BIG as f64) as f32;
     list.clear();
-    let most = z.len() / DENSE;
     let (big_bits, tiny_bits) = (big.to_bits(), TINY.to_bits());
     for (p, &[hi, lo]) in bounds.iter().enumerate() {
         if hi > big_bits || lo < tiny_bits {
@@ -295,7 +300,7 @@ fn softmax_f32(
                     list.push((start + rest + j) as u32);
                 }
             }
-            if list.len() > most {
+            if dense(list.len(), z.len()) {
                 return None;
             }
         }
@@ -881,9 +886,9 @@ fn row<C: Float, const GRAD: bool>(kernel: RowKernel<'_, C>, scale: f64) -> f64 
                 } else {
                     f.forward::<GRAD, false>(out, sums.terms, g.idx, scale32)
                 };
-                let dense = g.idx.len() * DENSE > n;
-                g.gather(s, t, dense);
-                if !dense {
+                let all = dense(g.idx.len(), n);
+                g.gather(s, t, all);
+                if !all {
                     lanes = l;
                 }
             } else {
