@@ -383,20 +383,39 @@ fn exp_f64_poly(r: f64) -> f64 {
     p
 }
 
-/// `e^x` for `x <= 0`, for the `f64` exponentials of a softmax (the exact path of the losses
-/// from logits): [`exp_f64`]'s steps with `2^k` applied in one step, so [`exp_f64`]'s bits for
-/// `x >= -708`, and 0 below (where `e^x < 2^-1021`: a probability that small changes no sum and
-/// no `f32` gradient; [`exp_f64`] splits `2^k` in two there, with a shift of `f64` lanes that
-/// AVX2 does not have). NaN stays NaN.
+/// [`exp_f64_unit_in_place`]'s first half: `r` and `2^k` (`(0, 0)` below -708, where the
+/// result is 0).
 #[inline(always)]
-pub(crate) fn exp_f64_unit(x: f64) -> f64 {
+fn exp_f64_unit_reduce(x: f64) -> (f64, f64) {
     let (r, k) = exp_f64_reduce(x);
-    let p = exp_f64_poly(r);
-    let y = p * f64::from_bits((k.wrapping_add(1023) as u64) << 52);
+    let s = f64::from_bits((k.wrapping_add(1023) as u64) << 52);
     if x < -708.0 {
-        0.0
+        (0.0, 0.0)
     } else {
-        y
+        (r, s)
+    }
+}
+
+/// `e^x` of each element of `x`, in place, for `x <= 0`: the `f64` exponentials of a softmax
+/// (the exact path of the losses from logits). [`exp_f64`]'s steps with `2^k` applied in one
+/// step, so [`exp_f64`]'s bits for `x >= -708`, and 0 below (where `e^x < 2^-1021`: a
+/// probability that small changes no sum and no `f32` gradient; [`exp_f64`] splits `2^k` in
+/// two there, with a shift of `f64` lanes that AVX2 does not have). NaN stays NaN. The
+/// reduction and the polynomial are two loops over pieces in L1, as [`exp_f32_unit_reduce`]
+/// and [`exp_f32_unit_finish`]: each loop keeps its constants in registers (the exact path of
+/// rows of 1000 took 10% less on Zen 2).
+#[inline(always)]
+pub(crate) fn exp_f64_unit_in_place(x: &mut [f64]) {
+    const PIECE: usize = 256;
+    let mut scale = [0.0_f64; PIECE];
+    for x in x.chunks_mut(PIECE) {
+        let scale = &mut scale[..x.len()];
+        for (x, s) in x.iter_mut().zip(scale.iter_mut()) {
+            (*x, *s) = exp_f64_unit_reduce(*x);
+        }
+        for (x, &s) in x.iter_mut().zip(scale.iter()) {
+            *x = exp_f64_poly(*x) * s;
+        }
     }
 }
 
@@ -459,19 +478,22 @@ mod tests {
         assert!(worst <= 2.0, "worst {worst} ulp");
     }
 
-    /// [`exp_f64_unit`] has [`exp_f64`]'s bits from -708 up, 0 below, NaN for NaN.
+    /// [`exp_f64_unit_in_place`] has [`exp_f64`]'s bits from -708 up, 0 below, NaN for NaN
+    /// (a million inputs: whole pieces and a remainder).
     #[test]
     fn exp_f64_unit_is_exp_f64_down_to_its_cut() {
-        for bits in randoms(1_000_000, 4242) {
-            let x = -((bits >> 11) as f64 / (1u64 << 53) as f64) * 760.0;
+        let mut x: Vec<f64> = randoms(1_000_000, 4242)
+            .map(|bits| -((bits >> 11) as f64 / (1u64 << 53) as f64) * 760.0)
+            .collect();
+        x.extend([0.0, -708.0, -708.5, f64::NEG_INFINITY, f64::NAN]);
+        let mut e = x.clone();
+        exp_f64_unit_in_place(&mut e);
+        for (&x, &e) in x.iter().zip(&e) {
             let want = if x < -708.0 { 0.0 } else { exp_f64(x) };
-            assert_eq!(exp_f64_unit(x).to_bits(), want.to_bits(), "exp({x})");
+            let same = e.to_bits() == want.to_bits() || (e.is_nan() && want.is_nan());
+            assert!(same, "exp({x}): {e} against {want}");
         }
-        for (x, want) in [(0.0, 1.0), (-708.0, exp_f64(-708.0)), (-708.5, 0.0)] {
-            assert_eq!(exp_f64_unit(x), want);
-        }
-        assert_eq!(exp_f64_unit(f64::NEG_INFINITY), 0.0);
-        assert!(exp_f64_unit(f64::NAN).is_nan());
+        assert_eq!(e[1_000_000], 1.0);
     }
 
     /// Distance in `f32` ulps (of `want`, rounded to `f32`) from `got` to the exact `want`.

@@ -13,7 +13,8 @@ use std::any::TypeId;
 use super::Divergence;
 use crate::float::Float;
 use crate::math::{
-    exp_f32_unit_finish, exp_f32_unit_reduce, exp_f64, exp_f64_unit, expm1_f32, ln_f64, log1p_f32,
+    exp_f32_unit_finish, exp_f32_unit_reduce, exp_f64, exp_f64_unit_in_place, expm1_f32, ln_f64,
+    log1p_f32,
 };
 use crate::reduce::{fold_lanes, Lanes, LANES};
 use crate::runs::prefetch_l2_write;
@@ -308,9 +309,7 @@ fn softmax_f32(
     let (idx, x) = (&*list, &mut *g.a);
     x.clear();
     x.extend(idx.iter().map(|&v| (z[v as usize] as f64 - max as f64) * k)); // exact difference
-    for e in x.iter_mut() {
-        *e = exp_f64_unit(*e);
-    }
+    exp_f64_unit_in_place(x);
     let fix: f64 = idx
         .iter()
         .zip(x.iter())
@@ -378,8 +377,9 @@ fn lse_exact<C: Float>(z: &[C], k: f64, e: &mut Vec<f64>) -> (f64, f64) {
     e.clear();
     e.extend(z.iter().map(|&v| v.to_f64()));
     for x in e.iter_mut() {
-        *x = exp_f64_unit((*x - max) * k); // the difference is exact for f32 logits
+        *x = (*x - max) * k; // the difference is exact for f32 logits
     }
+    exp_f64_unit_in_place(e);
     let sum = sum_row(e);
     (max * k + ln_f64(sum), 1.0 / sum)
 }
@@ -419,8 +419,9 @@ impl Exact<'_> {
             None => {
                 let lse = [self.lse_s, self.lse_t][side];
                 for (o, &z) in out.iter_mut().zip(z) {
-                    *o = exp_f64_unit(z.mul_add(self.k, -lse));
+                    *o = z.mul_add(self.k, -lse);
                 }
+                exp_f64_unit_in_place(out);
             }
         }
     }
