@@ -719,10 +719,12 @@ fn expf(x: f32) -> f32 {
 /// The entries of glibc's table of `2^(i/N)`.
 const EXPF_N: f64 = 32.0;
 
-/// The elements of [`ExpfPieces`]' pieces: its buffers (4 KiB) and theirs stay in L1.
+/// The elements of a piece of [`ExpfPieces::expf_sub`]: the buffers (4 KiB) and the piece
+/// stay in L1.
 const EXPF_PIECE: usize = 256;
 
-/// [`expf`]'s first step on `x - sub`: `r` and the bits of `k` (`x / ln 2 = (k + r) / 32`).
+/// [`expf`]'s first step on `x - sub`: `r` and the bits of `kd`, whose low bits hold `k`
+/// (`32 x / ln 2 = k + r`).
 #[inline(always)]
 fn expf_reduce(x: f32, sub: f32) -> (f64, u64) {
     const INV_LN2_N: f64 = f64::from_bits(0x3ff7_1547_652b_82fe) * EXPF_N;
