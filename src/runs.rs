@@ -144,7 +144,7 @@ pub(crate) fn ln_slice_or<T: Float>(
 
 /// Whether every value is positive, normal and finite (the common case for probabilities),
 /// so that `ln_normal` gives the same bits as `ln` does with all its special cases, and
-/// [`factored_term`] those of [`term_with`].
+/// [`factored_term`](crate::terms::factored_term) those of [`term_with`](crate::terms::term_with).
 #[inline(always)]
 pub(crate) fn all_positive_normal<T: Float>(t: &[T]) -> bool {
     // A maximum over the run, so that it vectorises without branches or mask chains.

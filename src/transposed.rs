@@ -34,7 +34,7 @@ fn group_rows(rows: usize, blocks_per_row: usize, threads: usize) -> usize {
     rows.div_ceil(groups.max(1)).next_multiple_of(16).max(16)
 }
 
-/// [`sum_walk`] for a transposed walk: a group of rows (see [`group_rows`]) is read column by
+/// `loss::sum_walk` for a transposed walk: a group of rows (see [`group_rows`]) is read column by
 /// column (each column contiguous in memory) over one block of columns, and the terms of a
 /// column are added to lane `column % LANES` of each row's accumulators. Every lane of every
 /// block still sees its elements in logical order, and the lanes are folded in canonical order
