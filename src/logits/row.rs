@@ -567,12 +567,20 @@ struct Fast<'a> {
 }
 
 impl<'a> Fast<'a> {
+    /// `(Q, P)` of element `i` on this path.
+    #[inline(always)]
+    fn probs(&self, i: usize) -> (f32, f32) {
+        (self.us[i] * self.is_s, self.ut[i] * self.is_t)
+    }
+
     /// `(Q, P)` of element `i` on this path, and whether it stays on it.
     #[inline(always)]
     fn qp(&self, i: usize) -> (f32, f32, bool) {
+        // Both `u` read before the `||`: a read after it would be conditional (its bounds
+        // check a branch), and the loops would not vectorise (reverse KL 1.5 -> 2.6 ns).
+        let (q, p) = self.probs(i);
         let (a, b) = (self.us[i], self.ut[i]);
-        let ok = !(exact(a, self.big_s) || exact(b, self.big_t));
-        (a * self.is_s, b * self.is_t, ok)
+        (q, p, !(exact(a, self.big_s) || exact(b, self.big_t)))
     }
 
     /// `(Q, P, d)` of element `i` on this path, and whether it stays on it.
@@ -601,7 +609,7 @@ impl<'a> Fast<'a> {
             // `Q - P` in f32, vectorised at f32's width; the loss in its own loop.
             let n = self.s.len();
             for (i, o) in out[..n].iter_mut().enumerate() {
-                let (q, p) = (self.us[i] * self.is_s, self.ut[i] * self.is_t);
+                let (q, p) = self.probs(i);
                 *o = (q - p) * scale;
             }
             return self.forward::<false, CE>(out, terms, listed, scale);
@@ -615,7 +623,7 @@ impl<'a> Fast<'a> {
             let terms = &mut terms[..end - start];
             for (j, term_j) in terms.iter_mut().enumerate() {
                 let i = start + j;
-                let (q, p) = (self.us[i] * self.is_s, self.ut[i] * self.is_t);
+                let (q, p) = self.probs(i);
                 let d = d_of(self.s[i] as f64, self.t[i] as f64, self.k, self.c);
                 if GRAD {
                     let diff = if q > 2.0 * p {
